@@ -1,0 +1,110 @@
+"""The whole vision pipeline for one image, and identities across many."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clustering import cluster_identities, identity_confidence
+from .detections import Detections
+from .ensemble import DescriptorEnsemble, DetectorEnsemble
+from .manifest import Manifest, load_manifest
+from .models import load_model
+from .quality import face_quality
+
+
+@dataclass
+class ImageAnnotation:
+    width: int
+    height: int
+    faces: Detections
+    descriptors: np.ndarray  # (faces, D) unit vectors
+    quality: np.ndarray  # (faces,) 0..1, see quality.face_quality
+    persons: Detections
+
+
+@dataclass
+class Identities:
+    """Identity of every face of a batch of images: cluster index and how much to trust it."""
+
+    labels: list[np.ndarray]  # per image, (faces,) int cluster index shared across the batch
+    confidence: list[np.ndarray]  # per image, (faces,) 0..1
+
+
+class Annotator:
+    def __init__(
+        self,
+        faces: DetectorEnsemble,
+        persons: DetectorEnsemble,
+        descriptors: DescriptorEnsemble,
+        preset: str,
+        face_score_threshold: float,
+        person_score_threshold: float,
+        identity_distance: float | None,
+        identity_min_face: int,
+    ):
+        self.faces = faces
+        self.persons = persons
+        self.descriptors = descriptors
+        self.preset = preset
+        self.face_score_threshold = face_score_threshold
+        self.person_score_threshold = person_score_threshold
+        self.identity_distance = identity_distance if identity_distance is not None else (
+            descriptors.identity_distance if descriptors.embedders else 0.0
+        )
+        self.identity_min_face = identity_min_face
+
+    @classmethod
+    def from_settings(cls, settings, manifest: Manifest | None = None) -> "Annotator":
+        """Load the models that the settings name (a preset, or explicit model lists)."""
+        manifest = manifest or load_manifest(settings.manifest_path)
+        chosen = manifest.preset(settings.model_preset)
+        for task, override in (("face", settings.face_models), ("person", settings.person_models),
+                               ("descriptor", settings.descriptor_models)):
+            if override:
+                chosen[task] = [manifest[name] for name in override]
+                wrong = [s.name for s in chosen[task] if s.task != task]
+                if wrong:
+                    raise ValueError(f"{', '.join(wrong)} cannot serve as {task} models")
+        load = lambda specs: [load_model(spec, settings.models_dir) for spec in specs]  # noqa: E731
+        return cls(
+            faces=DetectorEnsemble(load(chosen["face"]), settings.flip_tta, settings.face_fusion_iou),
+            persons=DetectorEnsemble(load(chosen["person"]), settings.flip_tta, settings.person_fusion_iou),
+            descriptors=DescriptorEnsemble(load(chosen["descriptor"])),
+            preset=settings.model_preset,
+            face_score_threshold=settings.face_score_threshold,
+            person_score_threshold=settings.person_score_threshold,
+            identity_distance=settings.identity_distance,  # None: the descriptors' own threshold
+            identity_min_face=settings.identity_min_face,
+        )
+
+    @property
+    def model_version(self) -> str:
+        """Names the ensemble, so that Label Studio can tell predictions of different ensembles apart."""
+        parts = [f"faces={self.faces.name}", f"persons={self.persons.name}", f"ids={self.descriptors.name}"]
+        return f"autoannotator-{self.preset}:" + ";".join(p for p in parts if not p.endswith("="))
+
+    def annotate(self, image: np.ndarray) -> ImageAnnotation:
+        """image: RGB uint8, H x W x 3."""
+        faces = self.faces.detect(image)
+        faces = faces[faces.scores >= self.face_score_threshold]
+        persons = self.persons.detect(image)
+        persons = persons[persons.scores >= self.person_score_threshold]
+        return ImageAnnotation(
+            width=image.shape[1],
+            height=image.shape[0],
+            faces=faces,
+            descriptors=self.descriptors.embed(image, faces),
+            quality=face_quality(image, faces, self.identity_min_face),
+            persons=persons,
+        )
+
+    def identify(self, annotations: list[ImageAnnotation]) -> Identities:
+        """Cluster the faces of all these images together: one label per person across the batch."""
+        counts = [len(a.faces) for a in annotations]
+        descriptors = np.concatenate([a.descriptors for a in annotations]) if annotations else np.zeros((0, 1))
+        quality = np.concatenate([a.quality for a in annotations]) if annotations else np.zeros(0)
+        labels = cluster_identities(descriptors, self.identity_distance)
+        confidence = identity_confidence(descriptors, labels, quality)
+        splits = np.cumsum(counts)[:-1]
+        return Identities(list(np.split(labels, splits)), list(np.split(confidence, splits)))
