@@ -8,6 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
@@ -16,6 +18,16 @@ PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 @pytest.fixture(scope="session")
 def photos() -> Path:
     return PHOTOS
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def background_crops(photos: Path) -> dict[str, np.ndarray]:
+    """Real-photo regions without people: a building facade and the side of a bus (windows, lettering)."""
+    street = read_rgb(photos / "street_bus.jpg")
+    return {"facade": street[:300], "bus_side": street[280:640, 340:700]}
 
 
 @pytest.fixture(scope="session")

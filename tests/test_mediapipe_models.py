@@ -16,6 +16,7 @@ from backend.vision.models.blazeface import (
     weighted_nms,
 )
 from backend.vision.models.blazepose import POSE_ANCHOR_OPTIONS, person_boxes
+from tests.conftest import background_crops, read_rgb
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 FACE_MODELS = ("blazeface", "blazeface_short")
@@ -38,16 +39,6 @@ def manifest():
 @pytest.fixture(scope="module")
 def detectors(manifest):
     return {name: load_model(manifest[name], MODELS_DIR) for name in (*FACE_MODELS, "blazepose")}
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
-
-def background_crops(photos: Path) -> dict[str, np.ndarray]:
-    """Real-photo regions without people: a building facade and the side of a bus (windows, lettering)."""
-    street = read_rgb(photos / "street_bus.jpg")
-    return {"facade": street[:300], "bus_side": street[280:640, 340:700]}
 
 
 # --- anchors and decoding -------------------------------------------------------------------------------

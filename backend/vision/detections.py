@@ -116,16 +116,21 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def nms(detections: Detections, iou_threshold: float) -> Detections:
-    """Class-aware non-maximum suppression with OpenCV's implementation."""
+def nms_indices(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes that OpenCV's NMS keeps, best first (for callers that carry other arrays along)."""
     import cv2
 
-    keep_all = []
-    for label in np.unique(detections.labels):
-        idx = np.flatnonzero(detections.labels == label)
-        xywh = detections.boxes[idx].copy()
-        xywh[:, 2:] -= xywh[:, :2]
-        keep = cv2.dnn.NMSBoxes(xywh.tolist(), detections.scores[idx].tolist(), 0.0, iou_threshold)
-        keep_all.extend(idx[np.asarray(keep, dtype=np.int64).reshape(-1)])
-    keep_all = np.asarray(sorted(keep_all, key=lambda i: -detections.scores[i]), dtype=np.int64)
-    return detections[keep_all]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    xywh = np.hstack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), np.asarray(scores, dtype=np.float32).tolist(), 0.0, iou_threshold)
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
+
+
+def nms(detections: Detections, iou_threshold: float) -> Detections:
+    """Class-aware non-maximum suppression."""
+    keep = [
+        idx[nms_indices(detections.boxes[idx], detections.scores[idx], iou_threshold)]
+        for idx in (np.flatnonzero(detections.labels == label) for label in np.unique(detections.labels))
+    ]
+    keep = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+    return detections[keep[np.argsort(-detections.scores[keep], kind="stable")]]

@@ -20,6 +20,7 @@ from .label_studio import REPO_ROOT
 
 LABEL_CONFIG = REPO_ROOT / "label_config.xml"
 ML_BACKEND_TITLE = "autoannotator"
+FACE, PERSON = "Face", "Person"  # the <RectangleLabels> values in label_config.xml
 
 
 @dataclass
@@ -143,7 +144,7 @@ def test_every_photo_gets_a_prediction_in_the_configs_terms(project, faces_truth
         assert {r["from_name"] for r in boxes} == {controls.boxes}
         assert all(len(r["value"]["rectanglelabels"]) == 1 and r["value"]["rectanglelabels"][0] in controls.box_labels
                    for r in boxes)
-        face_ids = {r["id"] for r in boxes_labelled(result, controls, "Face")}
+        face_ids = {r["id"] for r in boxes_labelled(result, controls, FACE)}
         assert face_ids, f"{photo}: no face box"
 
         points = regions(result, "keypointlabels")
@@ -160,11 +161,11 @@ def test_faces_and_people_are_where_the_photos_show_them(project, faces_truth):
     controls = project.controls
     for photo, truth in faces_truth.items():
         result = only_prediction(project, photo)["result"]
-        face_centres = [centre_px(r) for r in boxes_labelled(result, controls, "Face")]
+        face_centres = [centre_px(r) for r in boxes_labelled(result, controls, FACE)]
         for face in truth["faces"]:
             assert any(inside(c, face["box"]) for c in face_centres), f"{photo}: missed the face of {face['person']}"
         # Recall on crowds is the vision tests' business; here a photo of people must show some of them.
-        person_centres = [centre_px(r) for r in boxes_labelled(result, controls, "Person")]
+        person_centres = [centre_px(r) for r in boxes_labelled(result, controls, PERSON)]
         found = [p for p in truth["people"] if any(inside(c, p["box"]) for c in person_centres)]
         assert bool(found) == bool(truth["people"]), f"{photo}: people found at {found}, expected {truth['people']}"
 
@@ -182,7 +183,7 @@ def test_the_same_person_gets_the_same_identity_across_tasks(project, faces_trut
     for photo, truth in faces_truth.items():
         result = only_prediction(project, photo)["result"]
         for face in truth["faces"]:
-            for region in boxes_labelled(result, project.controls, "Face"):
+            for region in boxes_labelled(result, project.controls, FACE):
                 if inside(centre_px(region), face["box"]):
                     identities.setdefault(face["person"], set()).add(identity_of(result, project.controls, region["id"]))
     seen_twice = [person for person, photos in photos_per_person(faces_truth).items() if len(photos) > 1]
@@ -209,7 +210,7 @@ def test_a_submitted_annotation_reaches_the_backend_through_the_webhook(label_st
     result = copy.deepcopy(prediction["result"])
     for region in result:
         region.pop("score", None)  # annotations carry no model scores
-    face = boxes_labelled(result, project.controls, "Face")[0]
+    face = boxes_labelled(result, project.controls, FACE)[0]
     face["value"]["x"] = min(face["value"]["x"] + 1.5, 100 - face["value"]["width"])
     for region in regions(result, "textarea"):
         if region["id"] == face["id"]:
@@ -222,7 +223,7 @@ def test_a_submitted_annotation_reaches_the_backend_through_the_webhook(label_st
     ).json()
 
     stored = label_studio.api("GET", f"/api/annotations/{annotation['id']}/").json()["result"]
-    stored_face = next(r for r in boxes_labelled(stored, project.controls, "Face") if r["id"] == face["id"])
+    stored_face = next(r for r in boxes_labelled(stored, project.controls, FACE) if r["id"] == face["id"])
     assert stored_face["value"]["x"] == pytest.approx(face["value"]["x"])
     assert identity_of(stored, project.controls, face["id"]) == "Barack Obama"
 

@@ -11,11 +11,11 @@ import dlib
 import face_recognition_models
 import numpy as np
 
-from ..detections import NUM_LANDMARKS
+from ..detections import LANDMARK_NAMES, NUM_LANDMARKS
 
 DLIB_POINT_COUNT = 5
 # Which dlib points make up each of our landmarks (left_eye, right_eye, nose); dlib has no mouth corners.
-DLIB_POINTS_OF_LANDMARK = {0: (2, 3), 1: (0, 1), 2: (4,)}
+DLIB_POINTS_OF_LANDMARK = {"left_eye": (2, 3), "right_eye": (0, 1), "nose": (4,)}
 
 
 def rectangle_from_box(box: np.ndarray) -> dlib.rectangle:
@@ -46,6 +46,6 @@ class FivePointShapes:
             [[(p.x, p.y) for p in shape.parts()] for shape in self.predict(image, boxes)], dtype=np.float32
         ).reshape(len(boxes), DLIB_POINT_COUNT, 2)
         landmarks = np.full((len(boxes), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
-        for landmark, dlib_points in DLIB_POINTS_OF_LANDMARK.items():
-            landmarks[:, landmark] = points[:, list(dlib_points)].mean(axis=1)
+        for name, dlib_points in DLIB_POINTS_OF_LANDMARK.items():
+            landmarks[:, LANDMARK_NAMES.index(name)] = points[:, list(dlib_points)].mean(axis=1)
         return landmarks

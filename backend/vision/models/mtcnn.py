@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..detections import FACE, Detections
+from ..detections import FACE, Detections, nms_indices
 from ..manifest import ModelSpec
 from .base import Detector, onnx_session
 
@@ -48,14 +48,6 @@ def package_directory(package: str) -> Path:
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"package {package!r} is not installed; it holds the MTCNN weights")
     return Path(list(found.submodule_search_locations)[0])
-
-
-def nms_indices(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes that OpenCV's NMS keeps, best first. MTCNN needs the indices (not just the
-    boxes, as detections.nms gives) to carry each box's regression offsets along."""
-    xywh = np.hstack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
-    kept = cv2.dnn.NMSBoxes(xywh.tolist(), np.asarray(scores).tolist(), 0.0, iou_threshold)
-    return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:
