@@ -6,7 +6,9 @@ import numpy as np
 from ..vision.annotator import ImageAnnotation
 from .label_config import OutputSpec
 
-KEYPOINT_SIZE = 0.5  # a landmark's drawn size, percent of the image width
+# A landmark's drawn size, percent of the image width: a fraction of its face's width, so the points of a
+# small face do not cover it, within what stays clickable.
+KEYPOINT_SIZE_OF_FACE, KEYPOINT_SIZE_MIN, KEYPOINT_SIZE_MAX = 0.04, 0.1, 0.5
 
 
 def empty_prediction(model_version: str) -> dict:
@@ -39,13 +41,14 @@ def to_prediction(
                 result.append(_region(region_id, identity, identity.kind, size, float(identity_scores[i]),
                                       {**geometry, **_identity_value(identity, identities[i])}))
         if keypoints and _passes(score, keypoints.score_threshold):
+            point_size = float(np.clip(geometry["width"] * KEYPOINT_SIZE_OF_FACE, KEYPOINT_SIZE_MIN, KEYPOINT_SIZE_MAX))
             for index, label in keypoints.labels.items():
                 x, y = annotation.faces.landmarks[i, index]
                 if np.isnan(x) or np.isnan(y):
                     continue
                 point = _region(f"{region_id}-{label}", keypoints, "keypointlabels", size, score, {
                     "x": _pct(x, annotation.width), "y": _pct(y, annotation.height),
-                    "width": KEYPOINT_SIZE, "keypointlabels": [label],
+                    "width": point_size, "keypointlabels": [label],
                 })
                 if face_box and _passes(score, face_box.score_threshold):
                     point["parentID"] = region_id
