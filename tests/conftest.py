@@ -13,11 +13,25 @@ import numpy as np
 import pytest
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 @pytest.fixture(scope="session")
 def photos() -> Path:
     return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def manifest():
+    from backend.vision.manifest import load_manifest
+
+    return load_manifest(MODELS_DIR / "manifest.json")
+
+
+def load_models(manifest, names) -> dict:
+    from backend.vision.models import load_model
+
+    return {name: load_model(manifest[name], MODELS_DIR) for name in names}
 
 
 def read_rgb(path: Path) -> np.ndarray:

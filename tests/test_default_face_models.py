@@ -4,20 +4,16 @@ Run on the real photos of tests/data/photos against the rough boxes of faces.jso
 """
 import itertools
 from dataclasses import replace
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from backend.vision.detections import FACE, Detections, box_iou
-from backend.vision.manifest import load_manifest
 from backend.vision.models import load_model
 from backend.vision.models.dlib_face import margin_to_probability
-from tests.conftest import background_crops, read_rgb
+from tests.conftest import MODELS_DIR, background_crops, load_models, read_rgb
 from backend.vision.models.dlib_shapes import box_from_rectangle, rectangle_from_box
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DETECTORS = ("mtcnn", "dlib_hog", "dlib_mmod")
 # faces.json boxes are rough hand-drawn areas (hair line to chin, ear to ear); a detector's box
 # counts as the same face when its centre lies in the listed box and their IoU reaches MATCH_IOU.
@@ -40,13 +36,8 @@ DIFFERENT_PEOPLE_MAX = 0.91
 
 
 @pytest.fixture(scope="module")
-def manifest():
-    return load_manifest(MODELS_DIR / "manifest.json")
-
-
-@pytest.fixture(scope="module")
 def models(manifest):
-    return {name: load_model(manifest[name], MODELS_DIR) for name in (*DETECTORS, "dlib_resnet")}
+    return load_models(manifest, (*DETECTORS, "dlib_resnet"))
 
 
 @pytest.fixture(scope="module")

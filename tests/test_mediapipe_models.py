@@ -1,13 +1,10 @@
 """The MediaPipe detectors run with LiteRT: anchors, decoding, the PERSON box rule, and real photos."""
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from backend.vision.detections import FACE, PERSON, box_iou
-from backend.vision.manifest import load_manifest
-from backend.vision.models import load_model
 from backend.vision.models.blazeface import (
     FACE_ANCHOR_OPTIONS,
     BlazeFace,
@@ -16,9 +13,8 @@ from backend.vision.models.blazeface import (
     weighted_nms,
 )
 from backend.vision.models.blazepose import POSE_ANCHOR_OPTIONS, person_boxes
-from tests.conftest import background_crops, read_rgb
+from tests.conftest import MODELS_DIR, background_crops, load_models, read_rgb
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 FACE_MODELS = ("blazeface", "blazeface_short")
 
 # Share of the people listed in faces.json (photos with several people) that BlazePose must box at
@@ -32,13 +28,8 @@ SHORT_RANGE_MIN_FACE = 0.10
 
 
 @pytest.fixture(scope="module")
-def manifest():
-    return load_manifest(MODELS_DIR / "manifest.json")
-
-
-@pytest.fixture(scope="module")
 def detectors(manifest):
-    return {name: load_model(manifest[name], MODELS_DIR) for name in (*FACE_MODELS, "blazepose")}
+    return load_models(manifest, (*FACE_MODELS, "blazepose"))
 
 
 # --- anchors and decoding -------------------------------------------------------------------------------

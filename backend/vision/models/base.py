@@ -23,6 +23,26 @@ class Detector:
         raise NotImplementedError
 
 
+class LetterboxOnnxDetector(Detector):
+    """A detector that is one ONNX graph fed a letterboxed image (SCRFD, YOLO families): owns the session."""
+
+    default_nms_iou = 0.45
+    default_pad_value = 0
+
+    def __init__(self, spec: ModelSpec, models_dir: Path):
+        super().__init__(spec, models_dir)
+        self.session = onnx_session(spec.path(self.models_dir))
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_size = network_input_size(self.session, spec)
+        self.nms_iou = spec.options.get("nms_iou", self.default_nms_iou)
+        self.pad_value = spec.options.get("pad_value", self.default_pad_value)
+
+    def run_letterboxed(self, image: np.ndarray) -> tuple[list[np.ndarray], float]:
+        """The graph's outputs for the letterboxed image, and the scale back to original pixels."""
+        canvas, scale = letterbox(image, self.input_size, self.pad_value)
+        return self.session.run(None, {self.input_name: to_network_input(canvas, self.spec)}), scale
+
+
 class Embedder:
     """A face descriptor network. embed() returns one L2-normalised row per face of `faces`."""
 

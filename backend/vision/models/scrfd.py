@@ -25,15 +25,7 @@ import numpy as np
 
 from ..detections import FACE, NUM_LANDMARKS, Detections
 from ..manifest import ModelSpec
-from .base import (
-    Detector,
-    finish_detections,
-    letterbox,
-    network_input_size,
-    onnx_session,
-    stride_grid,
-    to_network_input,
-)
+from .base import LetterboxOnnxDetector, finish_detections, stride_grid
 
 # number of outputs -> (strides, whether the model predicts landmarks)
 OUTPUT_LAYOUTS = {
@@ -63,23 +55,20 @@ def anchor_points(input_size: tuple[int, int], strides, anchors_per_level: list[
     return np.concatenate(points), np.concatenate(point_strides)
 
 
-class SCRFD(Detector):
+class SCRFD(LetterboxOnnxDetector):
+    default_nms_iou = 0.4  # insightface's value
+
     def __init__(self, spec: ModelSpec, models_dir: Path):
         super().__init__(spec, models_dir)
-        self.session = onnx_session(spec.path(self.models_dir))
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_size = network_input_size(self.session, spec)
         num_outputs = len(self.session.get_outputs())
         if num_outputs not in OUTPUT_LAYOUTS:
             raise ValueError(
                 f"model {spec.name!r}: an SCRFD export has {sorted(OUTPUT_LAYOUTS)} outputs, this one has {num_outputs}"
             )
         self.strides, self.has_landmarks = OUTPUT_LAYOUTS[num_outputs]
-        self.nms_iou = spec.options.get("nms_iou", 0.4)
 
     def detect(self, image: np.ndarray) -> Detections:
-        canvas, scale = letterbox(image, self.input_size)
-        outputs = self.session.run(None, {self.input_name: to_network_input(canvas, self.spec)})
+        outputs, scale = self.run_letterboxed(image)
         outputs = [output[0] if output.ndim == 3 else output for output in outputs]  # drop the batch axis
         levels = len(self.strides)
         scores, distances, offsets = outputs[:levels], outputs[levels : 2 * levels], outputs[2 * levels :]

@@ -23,33 +23,22 @@ import numpy as np
 
 from ..detections import FACE, NUM_LANDMARKS, Detections
 from ..manifest import ModelSpec
-from .base import (
-    Detector,
-    cxcywh_to_xyxy,
-    finish_detections,
-    letterbox,
-    network_input_size,
-    onnx_session,
-    to_network_input,
-)
+from .base import LetterboxOnnxDetector, cxcywh_to_xyxy, finish_detections
 
 YOLOV7_FACE_COLUMNS = 4 + 2 + 3 * NUM_LANDMARKS  # box, objectness, class score, landmarks
 YOLOV8_FACE_CHANNELS = 4 + 1 + 3 * NUM_LANDMARKS  # box, face score, landmarks
 
 
-class YoloFace(Detector):
+class YoloFace(LetterboxOnnxDetector):
+    default_pad_value = 114  # the grey YOLO exports are trained with
+
     def __init__(self, spec: ModelSpec, models_dir: Path):
         super().__init__(spec, models_dir)
-        self.session = onnx_session(spec.path(self.models_dir))
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_size = network_input_size(self.session, spec)
-        self.nms_iou = spec.options.get("nms_iou", 0.45)
         self.keypoint_threshold = spec.options.get("keypoint_threshold", 0.5)
-        self.pad_value = spec.options.get("pad_value", 114)
 
     def detect(self, image: np.ndarray) -> Detections:
-        canvas, scale = letterbox(image, self.input_size, self.pad_value)
-        output = self.session.run(None, {self.input_name: to_network_input(canvas, self.spec)})[0][0]
+        outputs, scale = self.run_letterboxed(image)
+        output = outputs[0][0]
         if output.shape[1] == YOLOV7_FACE_COLUMNS:
             scores = output[:, 4] * output[:, 5]
             keypoints = output[:, 6:]

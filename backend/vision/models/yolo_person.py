@@ -22,32 +22,20 @@ import numpy as np
 
 from ..detections import PERSON, Detections
 from ..manifest import ModelSpec
-from .base import (
-    Detector,
-    cxcywh_to_xyxy,
-    finish_detections,
-    letterbox,
-    network_input_size,
-    onnx_session,
-    stride_grid,
-    to_network_input,
-)
+from .base import LetterboxOnnxDetector, cxcywh_to_xyxy, finish_detections, stride_grid
 
 
-class YoloPerson(Detector):
+class YoloPerson(LetterboxOnnxDetector):
+    default_pad_value = 114  # the grey YOLO exports are trained with
+
     def __init__(self, spec: ModelSpec, models_dir: Path):
         super().__init__(spec, models_dir)
-        self.session = onnx_session(spec.path(self.models_dir))
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_size = network_input_size(self.session, spec)
-        self.nms_iou = spec.options.get("nms_iou", 0.45)
         self.person_class = spec.options.get("person_class", 0)
-        self.pad_value = spec.options.get("pad_value", 114)
         self.cells, self.cell_strides = stride_grid(self.input_size, spec.options.get("strides", (8, 16, 32)))
 
     def detect(self, image: np.ndarray) -> Detections:
-        canvas, scale = letterbox(image, self.input_size, self.pad_value)
-        output = self.session.run(None, {self.input_name: to_network_input(canvas, self.spec)})[0][0]
+        outputs, scale = self.run_letterboxed(image)
+        output = outputs[0][0]
         if output.shape[0] < output.shape[1]:  # YOLOv8: attributes first
             rows = output.T
             boxes = cxcywh_to_xyxy(rows[:, :4])
