@@ -1,7 +1,6 @@
 """The HTTP API as Label Studio calls it, on the default models and real photos, with real label configs."""
 import json
 
-import numpy as np
 import pytest
 
 from tests.test_label_config import CHOICES_IDENTITY, FACES_ONLY, KEYPOINTS_ONLY, NOTHING, PERSONS_ONLY, SHIPPED
