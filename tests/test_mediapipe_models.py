@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 
 from backend.vision.detections import FACE, PERSON, box_iou
-from backend.vision.models.blazeface import (
-    FACE_ANCHOR_OPTIONS,
-    BlazeFace,
-    decode_ssd,
-    ssd_anchor_centres,
-    weighted_nms,
-)
+from backend.vision.models.blazeface import FACE_ANCHOR_OPTIONS, BlazeFace
+from backend.vision.models.mediapipe_ssd import decode_ssd, ssd_anchor_centres, weighted_nms
 from backend.vision.models.blazepose import POSE_ANCHOR_OPTIONS, person_boxes
 from tests.conftest import MODELS_DIR, background_crops, load_models, read_rgb
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..detections import PERSON, Detections
 from ..manifest import ModelSpec
-from .blazeface import MediaPipeSSD
+from .mediapipe_ssd import MediaPipeSSD
 
 # SsdAnchorsCalculator options of MediaPipe's pose detection graph: 28x28, 14x14 and three 7x7 layers,
 # two anchors per location and layer, 2254 anchors.
