@@ -29,12 +29,24 @@ def main(argv: list[str] | None = None) -> int:
                           help="the project's label config (default: the shipped label_config.xml)")
     annotate.add_argument("--url-prefix", default="",
                           help="prefix for data.image, e.g. /data/local-files/?d= (default: the file's absolute path)")
+    annotate.add_argument("--project", help="keep the faces in the face store under this name (not a Label Studio "
+                          "project id), so that identity ids hold across runs (default: within this run only)")
     annotate.set_defaults(run=run_annotate)
+
+    recluster = commands.add_parser("recluster", help="re-cluster a project's faces, update Label Studio's predictions")
+    recluster.add_argument("--project", required=True, help="Label Studio project id (or an annotate --project name)")
+    recluster.set_defaults(run=run_recluster)
 
     models = commands.add_parser("models", help="list or download the manifest's models")
     models.add_argument("action", choices=["list", "download"])
     models.add_argument("names", nargs="*", help="models to download (default: every one with a url)")
     models.set_defaults(run=run_models)
+
+    from .evaluation import command as evaluation  # light: the models load only when the command runs
+
+    evaluate = commands.add_parser("eval", help="score every model and ensemble against ground truth (a report)")
+    evaluation.add_arguments(evaluate)
+    evaluate.set_defaults(run=evaluation.run)
 
     args = parser.parse_args(argv)
     try:
@@ -56,6 +68,8 @@ def run_serve(args, settings: Settings) -> int:
         "--timeout", str(settings.request_timeout),
         "--chdir", str(REPO_ROOT),
         "--access-logfile", "-",
+        # gunicorn 27's control socket lives at one path per user: two backends on a machine would share it.
+        "--no-control-socket",
     ]
     os.execv(sys.executable, command)
 
@@ -66,8 +80,9 @@ def run_annotate(args, settings: Settings) -> int:
     from .service.images import ImageError, ImageLoader
     from .service.label_config import LabelConfigError
     from .service.label_studio import LabelStudioClient
-    from .service.model import identity_names, output_spec
+    from .service.model import identity_names, output_spec, stored_identity_names
     from .service.predictions import to_prediction
+    from .storage import FaceStore
     from .vision.annotator import Annotator
 
     try:
@@ -89,7 +104,12 @@ def run_annotate(args, settings: Settings) -> int:
             failed.append(str(error))
             tqdm.write(f"skipped: {error}")
     identities = vision.identify([a for _, a in annotated])
-    names = identity_names(identities.labels)
+    if args.project:
+        store = FaceStore.open(settings.database_url, settings.data_dir)
+        names = stored_identity_names(store, vision, args.project, [str(p.resolve()) for p, _ in annotated],
+                                      [a for _, a in annotated], identities)
+    else:
+        names = identity_names(identities.labels)
     tasks = []
     for (path, annotation), ids, confidence in zip(annotated, names, identities.confidence):
         image = args.url_prefix + str(path.resolve() if not args.url_prefix else path)
@@ -100,6 +120,34 @@ def run_annotate(args, settings: Settings) -> int:
     print(f"wrote {len(tasks)} tasks, {sum(map(len, names))} faces of {people} identities, to {args.out}"
           + (f"; {len(failed)} images failed" if failed else ""))
     return 1 if failed and not tasks else 0
+
+
+def run_recluster(args, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from .service.label_studio import LabelStudioClient
+    from .service.recluster import ReclusterError, recluster
+    from .storage import FaceStore
+    from .vision.annotator import Annotator
+
+    store = FaceStore.open(settings.database_url, settings.data_dir)
+    label_studio = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key,
+                                     timeout=settings.fetch_timeout)
+    threshold = Annotator.from_settings(settings).identity_distance
+    with tqdm(total=100, unit="%") as bar:
+        def progress(fraction, stage):
+            bar.set_description(stage)
+            bar.update(round(fraction * 100) - bar.n)
+
+        try:
+            result = recluster(store, args.project, threshold, label_studio, progress)
+        except ReclusterError as error:
+            print(f"autoannotator: recluster: {error}", file=sys.stderr)
+            return 1
+    print(json.dumps(result))
+    if not label_studio.configured:
+        print("LABEL_STUDIO_URL is not set: Label Studio's predictions were left as they were", file=sys.stderr)
+    return 0
 
 
 def run_models(args, settings: Settings) -> int:

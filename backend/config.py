@@ -59,6 +59,9 @@ class Settings:
 
     # Service
     data_dir: Path = Path("data")  # DATA_DIR: the backend's state
+    # DATABASE_URL: where the face store keeps every face and identity: postgresql://user:password@host/db
+    # so that several replicas share one store; unset: an SQLite file, DATA_DIR/faces.sqlite3.
+    database_url: str = ""
     host: str = "0.0.0.0"  # HOST
     port: int = 9090  # PORT
     workers: int = 1  # WORKERS: gunicorn worker processes (each loads the models)

@@ -9,5 +9,13 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.txt -r requirements-test.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 bash tests/integration/install_label_studio.sh
+# PostgreSQL server binaries, for the PostgreSQL variant of the face store tests (they start their own server).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+    else
+        echo "tests/run.sh: install PostgreSQL's server (apt-get install postgresql) for the face store tests" >&2
+    fi
+fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -22,8 +22,8 @@ def task(photos, name, task_id, key="image"):
     return {"id": task_id, "data": {key: str(photos / name)}}
 
 
-def predict(client, tasks, config=SHIPPED):
-    response = client.post("/predict", json={"tasks": tasks, "label_config": config, "project": "1.1"})
+def predict(client, tasks, config=SHIPPED, project="1.1"):
+    response = client.post("/predict", json={"tasks": tasks, "label_config": config, "project": project})
     assert response.status_code == 200, response.get_data(as_text=True)
     results = response.get_json()["results"]
     assert len(results) == len(tasks)
@@ -132,8 +132,8 @@ def test_subset_configs(client, photos, faces_truth):
     assert persons["result"] and {r["value"]["rectanglelabels"][0] for r in persons["result"]} == {"Pedestrian"}
     assert all(r["score"] >= 0.6 for r in persons["result"])  # the control's model_score_threshold
 
-    [choices] = predict(client, [task(photos, "grace_hopper.jpg", 1, "photo")], CHOICES_IDENTITY)
-    # the one face is person_1, which the config lists as a choice
+    # identities are numbered per project: in a new project, the one face is person_1, a choice of the config
+    [choices] = predict(client, [task(photos, "grace_hopper.jpg", 1, "photo")], CHOICES_IDENTITY, project="2.1")
     assert [r["value"]["choices"] for r in choices["result"] if r["type"] == "choices"] == [["person_1"]]
 
 

@@ -9,6 +9,7 @@ import os
 from flask import jsonify, request
 
 from .label_config import LabelConfigError
+from .recluster import ReclusterError, start_job
 from .webhooks import WebhookError, handle_event
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def create_app():
     # mode Label Studio >= 1.5 speaks (one model for the whole server, /setup then /predict).
     os.environ["LABEL_STUDIO_ML_BACKEND_V2"] = "true"
     from label_studio_ml.api import init_app
+    from label_studio_ml.model import LabelStudioMLManager
 
     from . import model
 
@@ -27,8 +29,13 @@ def create_app():
     )
     data_dir = model.settings().data_dir
     app = init_app(model.AutoAnnotatorModel, model_dir=str(data_dir / "label-studio-ml"))
+    # label-studio-ml 1.0.9 refuses /predict in a process that has not seen /setup, and Label Studio calls /setup
+    # once: with several gunicorn workers, the others would refuse. /predict carries its label config, so every
+    # worker starts with a model of its own.
+    LabelStudioMLManager.create()
     model.annotator()  # load the models now, so a worker that answers /health is ready to predict
     logger.info("models loaded: %s", model.annotator().model_version)
+    logger.info("face store: %s", model.face_store())  # opened now: a wrong DATABASE_URL stops the start
 
     @app.before_request
     def validate_request():
@@ -68,6 +75,21 @@ def create_app():
             return _error(400, f"/webhook: {error}")
 
     app.view_functions["webhook"] = webhook
+
+    # Re-clustering a whole project takes a while: answered at once with a job to poll (see recluster.py).
+    @app.post("/recluster")
+    def start_recluster():
+        try:
+            job = start_job(request.get_json(silent=True))
+        except ReclusterError as error:
+            return _error(400, f"/recluster: {error}")
+        return jsonify(job), 202, {"Location": f"/recluster/{job['job']}"}
+
+    @app.get("/recluster/<job>")
+    def recluster_status(job):
+        status = model.face_store().job(job)
+        return jsonify(status) if status else _error(404, f"/recluster: no job {job!r}")
+
     return app
 
 

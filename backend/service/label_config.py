@@ -17,7 +17,8 @@ class LabelConfigError(ValueError):
     """The label config cannot be used; the message says why and what to change."""
 
 
-def _norm(text: str) -> str:
+def normalise_label(text: str) -> str:
+    """Label values compare case-, space- and dash-insensitively: "Left Eye" is left_eye."""
     return text.strip().lower().replace(" ", "_").replace("-", "_")
 
 
@@ -77,8 +78,8 @@ def parse_label_config(xml: str, face_labels=("face",), person_labels=("person",
     if not images:
         raise LabelConfigError('the label config has no <Image name="..." value="$..."/> tag to annotate')
     image_names = {tag.get("name"): tag for tag in images}
-    face_labels = {_norm(v) for v in face_labels}
-    person_labels = {_norm(v) for v in person_labels}
+    face_labels = {normalise_label(v) for v in face_labels}
+    person_labels = {normalise_label(v) for v in person_labels}
     landmark_index = {name: i for i, name in enumerate(LANDMARK_NAMES)}
 
     boxes, keypoints, identities = [], [], []
@@ -89,12 +90,12 @@ def parse_label_config(xml: str, face_labels=("face",), person_labels=("person",
         labels = [label.get("value", "") for label in tag.iter("Label")]
         threshold = _threshold(tag)
         if tag.tag == "RectangleLabels":
-            face = next((v for v in labels if _norm(v) in face_labels), None)
-            person = next((v for v in labels if _norm(v) in person_labels), None)
+            face = next((v for v in labels if normalise_label(v) in face_labels), None)
+            person = next((v for v in labels if normalise_label(v) in person_labels), None)
             if face or person:
                 boxes.append(BoxControl(tag.get("name"), to_name, face, person, threshold))
         elif tag.tag == "KeyPointLabels":
-            found = {landmark_index[_norm(v)]: v for v in labels if _norm(v) in landmark_index}
+            found = {landmark_index[normalise_label(v)]: v for v in labels if normalise_label(v) in landmark_index}
             if found:
                 keypoints.append(KeypointControl(tag.get("name"), to_name, found, threshold))
         elif tag.tag in ("TextArea", "Choices") and tag.get("perRegion", "").lower() == "true":

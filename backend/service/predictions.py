@@ -11,6 +11,11 @@ from .label_config import OutputSpec
 KEYPOINT_SIZE_OF_FACE, KEYPOINT_SIZE_MIN, KEYPOINT_SIZE_MAX = 0.04, 0.1, 0.5
 
 
+def face_region_id(index: int) -> str:
+    """The region id of a image's index-th face: webhooks and the store find the face again by it."""
+    return f"face{index + 1}"
+
+
 def empty_prediction(model_version: str) -> dict:
     return {"result": [], "score": 0.0, "model_version": model_version}
 
@@ -31,15 +36,15 @@ def to_prediction(
     result = []
 
     for i in range(len(annotation.faces)):
-        region_id = f"face{i + 1}"
+        region_id = face_region_id(i)
         score = float(annotation.faces.scores[i])
         geometry = _percent_box(annotation.faces.boxes[i], annotation.width, annotation.height)
         if face_box and _passes(score, face_box.score_threshold):
             result.append(_region(region_id, face_box, "rectanglelabels", size, score,
                                   {**geometry, "rectanglelabels": [face_box.face_label]}))
-            if identity and _identity_value(identity, identities[i]):
+            if identity and identity_value(identity, identities[i]):
                 result.append(_region(region_id, identity, identity.kind, size, float(identity_scores[i]),
-                                      {**geometry, **_identity_value(identity, identities[i])}))
+                                      {**geometry, **identity_value(identity, identities[i])}))
         if keypoints and _passes(score, keypoints.score_threshold):
             point_size = float(np.clip(geometry["width"] * KEYPOINT_SIZE_OF_FACE, KEYPOINT_SIZE_MIN, KEYPOINT_SIZE_MAX))
             for index, label in keypoints.labels.items():
@@ -70,7 +75,8 @@ def _passes(score: float, threshold: float | None) -> bool:
     return threshold is None or score >= threshold
 
 
-def _identity_value(control, identity: str) -> dict | None:
+def identity_value(control, identity: str) -> dict | None:
+    """The value of a per-region identity result for this control, or None where it cannot show the id."""
     if control.kind == "textarea":
         return {"text": [identity]}
     # Choices can only show values the config lists: an id that is not among them is left for the annotator.
