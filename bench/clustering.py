@@ -24,11 +24,8 @@ import numpy as np
 from backend.config import Settings
 from backend.vision.manifest import load_manifest
 
-from .common import REPO_ROOT, machine, markdown_table, write_results
+from .common import DIM, FACES_PER_PERSON, REPO_ROOT, faces_of, machine, markdown_table, person_directions, write_results
 
-DIM = 128
-FACES_PER_PERSON = 10
-NOISE = 0.18  # norm of each face's offset from its person's direction: cosine distance ~ NOISE^2
 CHILD_TIMEOUT = 240  # seconds per size
 
 
@@ -90,10 +87,7 @@ def _child(size: int, limit_gib: float) -> dict:
     threshold = load_manifest(settings.manifest_path)["dlib_resnet"].options["identity_distance"]
     rng = np.random.default_rng(0)
     people = rng.integers(0, max(1, size // FACES_PER_PERSON), size)
-    directions = _unit(rng.standard_normal((people.max() + 1, DIM), dtype=np.float32))
-    offsets = rng.standard_normal((size, DIM), dtype=np.float32) * np.float32(NOISE / np.sqrt(DIM))
-    descriptors = _unit(directions[people] + offsets)
-    del offsets
+    descriptors = faces_of(rng, person_directions(rng, people.max() + 1), people)
     outcome = {"baseline_mib": _peak_mib()}  # Python, libraries and the descriptors
     started = time.perf_counter()
     try:
@@ -104,10 +98,6 @@ def _child(size: int, limit_gib: float) -> dict:
     outcome["peak_mib"] = _peak_mib()
     outcome["bcubed_f1"] = bcubed_scores(contingency_matrix(people, labels))[2]
     return outcome
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def _peak_mib() -> float:

@@ -52,3 +52,30 @@ def write_results(name: str, title: str, machine_line: str, sections: list[str])
     path.write_text(text)
     print(text)
     return path
+
+
+# Synthetic face descriptors for the clustering and store benchmarks: people are random directions, each
+# face its person's direction plus noise, so that same-person cosine distances come out near dlib's (~NOISE^2).
+DIM = 128
+FACES_PER_PERSON = 10
+NOISE = 0.18
+
+
+def unit(vectors):
+    import numpy as np
+
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def person_directions(rng, people: int):
+    import numpy as np
+
+    return unit(rng.standard_normal((people, DIM), dtype=np.float32))
+
+
+def faces_of(rng, directions, persons):
+    """One unit descriptor per entry of `persons` (indices into `directions`)."""
+    import numpy as np
+
+    noise = rng.standard_normal((len(persons), DIM), dtype=np.float32) * np.float32(NOISE / np.sqrt(DIM))
+    return unit(directions[persons] + noise)

@@ -32,11 +32,8 @@ from backend.storage import FaceStore, NewFace, cluster_project
 from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect
 from backend.vision.manifest import load_manifest
 
-from .common import machine, markdown_table, write_results
+from .common import DIM, FACES_PER_PERSON, faces_of, machine, markdown_table, person_directions, write_results
 
-DIM = 128
-FACES_PER_PERSON = 10
-NOISE = 0.18  # norm of each face's offset from its person's direction: cosine distance ~ NOISE^2
 FILL_BATCH = 1000
 ASSIGNS = 50
 NO_LANDMARKS = np.full((5, 2), np.nan)
@@ -75,27 +72,26 @@ def main() -> None:
 def _measure(store: FaceStore, project: str, size: int, threshold: float) -> list[str]:
     rng = np.random.default_rng(size)
     people = max(1, size // FACES_PER_PERSON)
-    directions = _unit(rng.standard_normal((people, DIM)))
+    directions = person_directions(rng, people)
 
-    def faces_of(persons: np.ndarray, first_task: int) -> list[NewFace]:
-        descriptors = _unit(directions[persons] + rng.standard_normal((len(persons), DIM)) * (NOISE / np.sqrt(DIM)))
+    def new_faces(persons: np.ndarray, first_task: int) -> list[NewFace]:
         return [NewFace(str(first_task + i), "face1", BOX, NO_LANDMARKS, d, int(p))
-                for i, (p, d) in enumerate(zip(persons, descriptors))]
+                for i, (p, d) in enumerate(zip(persons, faces_of(rng, directions, persons)))]
 
     started = time.perf_counter()
     for first in range(0, size, FILL_BATCH):
         persons = rng.integers(0, people, min(FILL_BATCH, size - first))
-        store.assign(project, faces_of(persons, first), "bench", threshold)
+        store.assign(project, new_faces(persons, first), "bench", threshold)
     fill_seconds = time.perf_counter() - started
     after_fill = len(np.unique(store.faces(project).identities))
 
     seconds = []
     for n in range(ASSIGNS):
-        face = faces_of(rng.integers(0, people, 1), size + n)
+        face = new_faces(rng.integers(0, people, 1), size + n)
         started = time.perf_counter()
         store.assign(project, face, "bench", threshold)
         seconds.append(time.perf_counter() - started)
-    assign_peak = _peak_mib(lambda: [store.assign(project, faces_of(rng.integers(0, people, 1), size + ASSIGNS + n),
+    assign_peak = _peak_mib(lambda: [store.assign(project, new_faces(rng.integers(0, people, 1), size + ASSIGNS + n),
                                                   "bench", threshold) for n in range(5)])
 
     def recluster():
@@ -120,10 +116,6 @@ def _peak_mib(step) -> float:
         return tracemalloc.get_traced_memory()[1] / 2**20
     finally:
         tracemalloc.stop()
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 if __name__ == "__main__":
