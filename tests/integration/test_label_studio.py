@@ -236,6 +236,22 @@ def test_a_submitted_annotation_reaches_the_backend_through_the_webhook(label_st
     assert statuses and all(200 <= s < 300 for s in statuses), f"/webhook answered {statuses}"
 
 
+def test_the_name_an_annotator_gave_reaches_the_persons_other_photos(label_studio, project, faces_truth):
+    """After the annotation above named a face, its person's other photos are predicted with that name."""
+    person, photos = next((p, photos) for p, photos in photos_per_person(faces_truth).items() if len(photos) > 1)
+    others = photos[1:]
+    for photo in others:  # drop their predictions, so that "Retrieve Predictions" asks the backend again
+        for prediction in project.predictions[project.tasks[photo]]:
+            label_studio.api("DELETE", f"/api/predictions/{prediction['id']}/", expect=204)
+    label_studio.retrieve_predictions(project.id)
+    predictions = label_studio.predictions(project.id)
+    for photo in others:
+        [prediction] = predictions[project.tasks[photo]]
+        truth = next(face["box"] for face in faces_truth[photo]["faces"] if face["person"] == person)
+        [face] = [r for r in boxes_labelled(prediction["result"], project.controls, FACE) if inside(centre_px(r), truth)]
+        assert identity_of(prediction["result"], project.controls, face["id"]) == "Barack Obama", photo
+
+
 def webhook_calls(backend) -> list[int]:
     """The HTTP status of every POST /webhook in gunicorn's access log, in order."""
     return [int(m) for m in re.findall(r'"POST /webhook [^"]*" (\d{3})', backend.log())]
