@@ -37,6 +37,9 @@ class Settings:
     # differently (MTCNN tall from hairline to chin, BlazeFace and dlib square): the same face overlaps at ~0.55.
     face_fusion_iou: float = 0.4  # FACE_FUSION_IOU
     person_fusion_iou: float = 0.55  # PERSON_FUSION_IOU
+    # FACE_GUIDED_PERSONS: also search for a person's body in a crop below each face found: single-person
+    # detectors (the default BlazePose) then find people of a group they miss in the whole image.
+    face_guided_persons: bool = True
     face_score_threshold: float = 0.3  # FACE_SCORE_THRESHOLD: fused faces below this are not sent
     person_score_threshold: float = 0.3  # PERSON_SCORE_THRESHOLD: fused people below this are not sent
     # IDENTITY_DISTANCE: cosine distance above which faces are different people; by default the descriptor

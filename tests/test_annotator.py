@@ -116,3 +116,15 @@ def test_annotate_cli_writes_a_label_studio_import(photos, tmp_path, capsys):
             r["value"]["text"][0] for r in prediction["result"] if r["type"] == "textarea"]
     assert ids["obama_1.jpg"] == ids["obama_3.jpg"] and ids["obama_1.jpg"] != ids["biden.jpg"]
     assert "1 images failed" in capsys.readouterr().out
+
+
+def test_face_guided_search_finds_people_of_a_group(annotated, photos, faces_truth):
+    # The pose detector sees one of the two men with visible faces in the whole street photo; searching
+    # below each face finds the other, and neither man gets two boxes.
+    truth = np.array([p["box"] for p in faces_truth["street_bus.jpg"]["people"]], dtype=float)
+    persons = annotated["street_bus.jpg"].persons
+    matched = box_iou(truth, persons.boxes) >= 0.5
+    assert matched[:2].any(axis=1).all(), persons.boxes.astype(int)
+    assert matched.sum(axis=0).max() <= 1 and len(persons) == matched.any(axis=0).sum()
+    unguided = Annotator.from_settings(Settings(face_guided_persons=False))
+    assert len(unguided.annotate(load(photos, "street_bus.jpg")).persons) == 1

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .detections import Detections
+from .detections import Detections, nms
 from .fusion import fuse_boxes
 from .models.base import Detector, Embedder
 
@@ -17,6 +17,12 @@ class DetectorEnsemble:
 
     A flipped run is one more voter with its model's weight, so a box that a model finds in both
     orientations counts twice, and a box found only once is scored down.
+
+    Guided search: detectors made for one prominent object (MediaPipe's pose detector) miss people in a
+    crowd that they find once the crop holds little else. Given crops (each with an anchor point that the
+    object must contain, e.g. a face centre for its person), a run also searches every crop and adds what
+    it finds around the anchor, unless the whole image gave a box there already; duplicates within a run
+    are merged by NMS, so a crop adds no extra vote.
     """
 
     def __init__(self, detectors: list[Detector], flip_tta: bool, iou_thr: float, conf_type: str = "avg"):
@@ -30,21 +36,38 @@ class DetectorEnsemble:
     def name(self) -> str:
         return "+".join(d.name for d in self.detectors) + ("+flip" if self.flip_tta and self.detectors else "")
 
-    def detect(self, image: np.ndarray) -> Detections:
+    def detect(self, image: np.ndarray, crops: np.ndarray | None = None, anchors: np.ndarray | None = None) -> Detections:
+        """crops: (G, 4) integer boxes to search as well; anchors: (G, 2) a point each crop's object contains."""
         height, width = image.shape[:2]
+        guides = [] if crops is None else list(zip(np.asarray(crops, int), np.asarray(anchors, np.float32)))
         runs, weights = [], []
         for detector in self.detectors:
             started = time.perf_counter()
-            runs.append(detector.detect(image))
-            weights.append(detector.spec.weight)
-            if self.flip_tta:
-                runs.append(detector.detect(np.ascontiguousarray(image[:, ::-1])).flipped(width))
+            for flip in (False, True) if self.flip_tta else (False,):
+                found = [_run(detector, image, flip)]
+                for (x1, y1, x2, y2), anchor in guides:
+                    if _contains(found[0].boxes, anchor).any():
+                        continue  # this object was found in the whole image already
+                    in_crop = _run(detector, image[y1:y2, x1:x2], flip).scaled(1, 1, x1, y1)
+                    found.append(in_crop[_contains(in_crop.boxes, anchor)])
+                runs.append(nms(Detections.concat(found), self.iou_thr) if guides else found[0])
                 weights.append(detector.spec.weight)
             self.seconds[detector.name] += time.perf_counter() - started
         if not runs:
             return Detections.empty()
         fused = fuse_boxes(runs, weights, iou_thr=self.iou_thr, conf_type=self.conf_type)
         return fused.clipped(width, height).valid()
+
+
+def _contains(boxes: np.ndarray, point: np.ndarray) -> np.ndarray:
+    return ((boxes[:, :2] <= point) & (point <= boxes[:, 2:])).all(axis=1)
+
+
+def _run(detector: Detector, image: np.ndarray, flip: bool) -> Detections:
+    """The detector's boxes in `image`'s pixels, found in the image itself or in its mirror image."""
+    if not flip:
+        return detector.detect(np.ascontiguousarray(image))
+    return detector.detect(np.ascontiguousarray(image[:, ::-1])).flipped(image.shape[1])
 
 
 class DescriptorEnsemble:
