@@ -1,8 +1,9 @@
 """Identity clustering: group face descriptors into people.
 
-Average-linkage agglomerative clustering on cosine distance, not DBSCAN: on small and blurred faces
-DBSCAN's single chain of neighbours joins different people (BCubed F1 0.86 in our measurement) where
-average linkage, which asks a face to be close to the whole group, keeps them apart (0.92).
+Average-linkage agglomerative clustering on cosine distance, not DBSCAN: on held-out small and blurred
+faces (MTCNN boxes, dlib descriptors; measured when this project was planned, see issue 2) DBSCAN's single
+chain of neighbours joined different people (BCubed F1 at best 0.86) where average linkage, which asks a
+face to be close to the whole group, kept them apart (0.92).
 """
 from __future__ import annotations
 
