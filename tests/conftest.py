@@ -54,7 +54,20 @@ def make_jwt(claims: dict) -> str:
     return f"{encode({'alg': 'HS256', 'typ': 'JWT'})}.{encode(claims)}.c2lnbmF0dXJl"
 
 
-class FakeWeb:
+class LoopbackServer:
+    """An HTTP server on a free loopback port, answering from a daemon thread until close()."""
+
+    def __init__(self, handler):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeWeb(LoopbackServer):
     """A loopback HTTP server: routes map a path to (status, headers, body); every request is recorded.
 
     It plays both 'some website' and 'Label Studio' (token refresh, uploads that need a Bearer token),
@@ -105,9 +118,7 @@ class FakeWeb:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def serve(self, path: str, body: bytes, status: int = 200, headers: dict | None = None, bearer: bool = False):
         headers = dict(headers or {"Content-Type": "image/jpeg"})
@@ -115,10 +126,6 @@ class FakeWeb:
             headers["x-needs-bearer"] = "1"
         self.routes[path] = (status, headers, body)
         return self.url + path
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

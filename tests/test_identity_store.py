@@ -18,9 +18,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from backend.storage import identities as identity_math
 from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect
 from backend.vision.clustering import cluster_identities
 from tests.integration.label_studio import free_port, tail, wait_until_ready
+from tests.conftest import LoopbackServer
 from tests.test_label_config import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -462,7 +462,7 @@ def test_recluster_command(tmp_path, photos, faces_of, vision):
     assert missing.returncode == 1 and "has no faces" in missing.stderr
 
 
-class FakeLabelStudio:
+class FakeLabelStudio(LoopbackServer):
     """The three REST calls recluster makes: the project's label config, its predictions, and PATCHes."""
 
     def __init__(self):
@@ -498,10 +498,4 @@ class FakeLabelStudio:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)

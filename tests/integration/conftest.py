@@ -8,11 +8,11 @@ the fixtures fail, they do not skip.
 from __future__ import annotations
 
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from ..conftest import LoopbackServer
 from .label_studio import LabelStudio, start_backend, tail
 
 
@@ -49,8 +49,6 @@ class _NotFound(BaseHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def not_found_url():
     """The address of an image that does not exist: an HTTP server that answers 404 to every request."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/photos/missing.jpg"
-    server.shutdown()
-    server.server_close()
+    server = LoopbackServer(_NotFound)
+    yield f"{server.url}/photos/missing.jpg"
+    server.close()
