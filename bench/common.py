@@ -11,6 +11,7 @@ RESULTS = REPO_ROOT / "bench" / "results"
 PHOTOS = REPO_ROOT / "tests" / "data" / "photos"
 
 from backend.evaluation.report import markdown_table  # noqa: F401  (re-exported for the scripts)
+from backend.vision.models.base import l2_normalise
 
 
 def machine() -> str:
@@ -61,16 +62,10 @@ FACES_PER_PERSON = 10
 NOISE = 0.18
 
 
-def unit(vectors):
-    import numpy as np
-
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 def person_directions(rng, people: int):
     import numpy as np
 
-    return unit(rng.standard_normal((people, DIM), dtype=np.float32))
+    return l2_normalise(rng.standard_normal((people, DIM), dtype=np.float32))
 
 
 def faces_of(rng, directions, persons):
@@ -78,4 +73,4 @@ def faces_of(rng, directions, persons):
     import numpy as np
 
     noise = rng.standard_normal((len(persons), DIM), dtype=np.float32) * np.float32(NOISE / np.sqrt(DIM))
-    return unit(directions[persons] + noise)
+    return l2_normalise(directions[persons] + noise)

@@ -14,6 +14,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..vision.clustering import cluster_identities
+from ..vision.models.base import l2_normalise
 
 # A face an annotator confirmed counts this many times in its identity's centroid, and in the vote that
 # decides which identity number a re-clustered group keeps: people checked it, the models only guessed.
@@ -32,8 +33,8 @@ def face_weights(confirmed) -> np.ndarray:
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float64)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    """Identity arithmetic runs in float64: centroids are sums of up to thousands of descriptors."""
+    return l2_normalise(np.asarray(vectors, dtype=np.float64))
 
 
 def match_groups(groups: np.ndarray, centroids: np.ndarray, threshold: float) -> np.ndarray:

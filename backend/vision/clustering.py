@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
+from .models.base import l2_normalise
+
 
 def cluster_identities(descriptors: np.ndarray, distance_threshold: float) -> np.ndarray:
     """Cluster L2-normalised descriptors (N, D); returns an (N,) array of cluster labels 0..K-1.
@@ -36,8 +38,7 @@ def identity_confidence(descriptors: np.ndarray, labels: np.ndarray, quality: np
     confidence = np.zeros(len(descriptors), dtype=np.float32)
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        centre = descriptors[idx].mean(axis=0)
-        centre /= max(np.linalg.norm(centre), 1e-9)
+        centre = l2_normalise(descriptors[idx].mean(axis=0))
         similarity = descriptors[idx] @ centre
         # A lone face has nothing to agree with: its closeness is unknown, not perfect.
         closeness = similarity if len(idx) > 1 else np.full(len(idx), 0.8, dtype=np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .detections import Detections, nms
 from .fusion import fuse_boxes
-from .models.base import Detector, Embedder
+from .models.base import Detector, Embedder, l2_normalise
 
 
 class DetectorEnsemble:
@@ -110,4 +110,4 @@ class DescriptorEnsemble:
             parts.append(embedder.embed(image, faces) * scale)
             self.seconds[embedder.name] += time.perf_counter() - started
         joined = np.concatenate(parts, axis=1)
-        return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-9)
+        return l2_normalise(joined)

@@ -19,7 +19,7 @@ import numpy as np
 from ..alignment import align_face
 from ..detections import Detections
 from ..manifest import ModelSpec
-from .base import Embedder, network_input_size, onnx_session, to_network_input
+from .base import Embedder, l2_normalise, network_input_size, onnx_session, to_network_input
 
 # Where the five landmarks are assumed to lie in a face box, as fractions of its width and height, when a
 # detector gave none. Measured, not invented: the mean of MTCNN's five points relative to its own boxes
@@ -66,7 +66,7 @@ class ArcFace(Embedder):
         descriptors = self._run(chips)
         if self.flip:
             descriptors = descriptors + self._run(np.ascontiguousarray(chips[..., ::-1]))
-        return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True).clip(1e-12)
+        return l2_normalise(descriptors)
 
     def _run(self, chips: np.ndarray) -> np.ndarray:
         step = self.batch_size or len(chips)

@@ -43,6 +43,12 @@ class LetterboxOnnxDetector(Detector):
         return self.session.run(None, {self.input_name: to_network_input(canvas, self.spec)}), scale
 
 
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows (or one vector, along the last axis) scaled to unit length; a zero row stays zero."""
+    vectors = np.asarray(vectors)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
 class Embedder:
     """A face descriptor network. embed() returns one L2-normalised row per face of `faces`."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..manifest import ModelSpec
-from .base import Embedder
+from .base import Embedder, l2_normalise
 from .dlib_shapes import FivePointShapes
 
 # The chip side the network was trained on (dlib's documentation of compute_face_descriptor).
@@ -39,4 +39,4 @@ class DlibResNet(Embedder):
         shapes = self.shapes.predict(image, faces.boxes)
         chips = dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=self.chip_padding)
         descriptors = np.array(self.network.compute_face_descriptor(chips, self.jitter), dtype=np.float32)
-        return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
+        return l2_normalise(descriptors)
