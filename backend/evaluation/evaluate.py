@@ -127,7 +127,7 @@ def evaluate(pairs: list[tuple[ImageTruth, Path]], configs: list[Configuration],
     for _, path in progress(pairs):
         image = load_image(path)
         for annotator, found in zip(annotators, annotations):
-            found.append(annotator.annotate(image))
+            found.append(annotator.annotate(image, keep_below_threshold=True))
         for detector in detectors.values():
             detector.forget()
     truth = [t for t, _ in pairs]
@@ -135,17 +135,18 @@ def evaluate(pairs: list[tuple[ImageTruth, Path]], configs: list[Configuration],
 
 
 def _annotator(config: Configuration, detectors: dict, loaded: dict, settings: Settings) -> Annotator:
-    # Thresholds 0: every box is kept for AP; the shipped thresholds are applied when scoring.
+    # annotate(keep_below_threshold=True) keeps every box for AP; the shipped thresholds apply when scoring.
     return Annotator(
         faces=DetectorEnsemble([detectors[n] for n in config.face_models], config.flip_tta, settings.face_fusion_iou),
         persons=DetectorEnsemble([detectors[n] for n in config.person_models], config.flip_tta,
                                  settings.person_fusion_iou),
         descriptors=DescriptorEnsemble([loaded[n] for n in config.descriptor_models]),
         preset=config.name,
-        face_score_threshold=0.0,
-        person_score_threshold=0.0,
+        face_score_threshold=settings.face_score_threshold,
+        person_score_threshold=settings.person_score_threshold,
         identity_distance=settings.identity_distance,
         identity_min_face=settings.identity_min_face,
+        face_guided_persons=settings.face_guided_persons,
     )
 
 

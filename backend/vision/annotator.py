@@ -109,15 +109,21 @@ class Annotator:
         parts = [f"faces={self.faces.name}", f"persons={self.persons.name}", f"ids={self.descriptors.name}"]
         return f"autoannotator-{self.preset}:" + ";".join(p for p in parts if not p.endswith("="))
 
-    def annotate(self, image: np.ndarray) -> ImageAnnotation:
-        """image: RGB uint8, H x W x 3."""
+    def annotate(self, image: np.ndarray, keep_below_threshold: bool = False) -> ImageAnnotation:
+        """image: RGB uint8, H x W x 3.
+
+        keep_below_threshold: also return the boxes under the score thresholds (precision-recall curves need
+        them); the search for bodies still starts only from the faces that would be shown.
+        """
         faces = self.faces.detect(image)
-        faces = faces[faces.scores >= self.face_score_threshold]
-        if self.face_guided_persons and len(faces):
-            persons = self.persons.detect(image, *body_search_regions(faces, image.shape))
+        shown_faces = faces[faces.scores >= self.face_score_threshold]
+        if self.face_guided_persons and len(shown_faces):
+            persons = self.persons.detect(image, *body_search_regions(shown_faces, image.shape))
         else:
             persons = self.persons.detect(image)
-        persons = persons[persons.scores >= self.person_score_threshold]
+        if not keep_below_threshold:
+            faces = shown_faces
+            persons = persons[persons.scores >= self.person_score_threshold]
         return ImageAnnotation(
             width=image.shape[1],
             height=image.shape[0],
