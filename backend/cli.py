@@ -6,11 +6,10 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import REPO_ROOT, Settings
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +28,17 @@ def main(argv: list[str] | None = None) -> int:
                           help="the project's label config (default: the shipped label_config.xml)")
     annotate.add_argument("--url-prefix", default="",
                           help="prefix for data.image, e.g. /data/local-files/?d= (default: the file's absolute path)")
-    annotate.add_argument("--project", help="keep the faces in the face store under this name (not a Label Studio "
-                          "project id), so that identity ids hold across runs (default: within this run only)")
+    annotate.add_argument("--project", help="keep the run's faces and progress in the face store under this name "
+                          "(not a Label Studio project id): identity ids hold across runs of one name, and a run "
+                          "started again continues (default: 'annotate:' and the --out file's absolute path)")
+    annotate.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (env RAY_ADDRESS; default: here)")
     annotate.set_defaults(run=run_annotate)
+
+    prelabel = commands.add_parser("prelabel", help="pre-annotate every task of a Label Studio project that has "
+                                   "no prediction of the current models (resumable)")
+    prelabel.add_argument("--project", required=True, help="Label Studio project id")
+    prelabel.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (env RAY_ADDRESS; default: here)")
+    prelabel.set_defaults(run=run_prelabel)
 
     recluster = commands.add_parser("recluster", help="re-cluster a project's faces, update Label Studio's predictions")
     recluster.add_argument("--project", required=True, help="Label Studio project id (or an annotate --project name)")
@@ -60,12 +67,22 @@ def main(argv: list[str] | None = None) -> int:
 def run_serve(args, settings: Settings) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
+    if not settings.basic_auth_user and not _is_loopback(host):
+        print(f"autoannotator: BASIC_AUTH_USER and BASIC_AUTH_PASS are not set, so the backend listens on "
+              f"127.0.0.1 only, not on {host}: set both to serve other machines (and Label Studio's "
+              "Connect Model form)", file=sys.stderr)
+        host = "127.0.0.1"
+    if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
+        print("autoannotator: set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither", file=sys.stderr)
+        return 2
     command = [
         sys.executable, "-m", "gunicorn", "backend.service.app:create_app()",
-        "--bind", f"{host}:{port}",
+        "--bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "--workers", str(settings.workers),
         "--threads", str(settings.threads),
         "--timeout", str(settings.request_timeout),
+        "--max-requests", str(settings.max_requests),
+        "--max-requests-jitter", str(settings.max_requests // 10),
         "--chdir", str(REPO_ROOT),
         "--access-logfile", "-",
         # gunicorn 27's control socket lives at one path per user: two backends on a machine would share it.
@@ -74,78 +91,112 @@ def run_serve(args, settings: Settings) -> int:
     os.execv(sys.executable, command)
 
 
-def run_annotate(args, settings: Settings) -> int:
-    from tqdm import tqdm
-
-    from .service.images import ImageError, ImageLoader
-    from .service.label_config import LabelConfigError
-    from .service.label_studio import LabelStudioClient
-    from .service.model import identity_names, output_spec, stored_identity_names
-    from .service.predictions import to_prediction
-    from .storage import FaceStore
-    from .vision.annotator import Annotator
+def _is_loopback(host: str) -> bool:
+    import ipaddress
 
     try:
-        spec = output_spec(args.label_config.read_text())
-    except (OSError, LabelConfigError) as error:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def run_annotate(args, settings: Settings) -> int:
+    from .service.context import AppContext
+    from .service.label_config import LabelConfigError
+    from .service.prelabel import PrelabelError, annotate
+    from .storage.prelabel_state import RunInProgress
+
+    try:
+        label_config = args.label_config.read_text()
+    except OSError as error:
         print(f"autoannotator: label config {args.label_config}: {error}", file=sys.stderr)
         return 2
-    files = sorted(_image_files(args.paths))
-    if not files:
-        print("autoannotator: no images found in " + ", ".join(map(str, args.paths)), file=sys.stderr)
-        return 2
-    vision = Annotator.from_settings(settings)
-    loader = ImageLoader(settings, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key))
-    annotated, failed = [], []
-    for path in tqdm(files, desc="annotating", unit="image"):
+    context = AppContext.build(settings)
+    # The paths come from the user running the command, not from a caller over the network: they are read
+    # wherever they are (the service reads files under LOCAL_FILES_ROOT only). Each image's absolute path is
+    # its task id in the face store.
+    with _progress_bar("annotating", "image") as progress:
         try:
-            annotated.append((path, vision.annotate(loader.load(str(path)))))
-        except ImageError as error:
-            failed.append(str(error))
-            tqdm.write(f"skipped: {error}")
-    identities = vision.identify([a for _, a in annotated])
-    if args.project:
-        store = FaceStore.open(settings.database_url, settings.data_dir)
-        names = stored_identity_names(store, vision, args.project, [str(p.resolve()) for p, _ in annotated],
-                                      [a for _, a in annotated], identities)
-    else:
-        names = identity_names(identities.labels)
-    tasks = []
-    for (path, annotation), ids, confidence in zip(annotated, names, identities.confidence):
-        image = args.url_prefix + str(path.resolve() if not args.url_prefix else path)
-        prediction = to_prediction(annotation, ids, confidence, spec, vision.model_version)
-        tasks.append({"data": {spec.image_key: image}, "predictions": [prediction]})
-    args.out.write_text(json.dumps(tasks, indent=1))
-    people = len({name for ids in names for name in ids})
-    print(f"wrote {len(tasks)} tasks, {sum(map(len, names))} faces of {people} identities, to {args.out}"
-          + (f"; {len(failed)} images failed" if failed else ""))
-    return 1 if failed and not tasks else 0
+            result = annotate(context, args.paths, label_config, args.project or f"annotate:{args.out.resolve()}",
+                              args.out, args.url_prefix, _ray_address(args, settings), progress)
+        except LabelConfigError as error:
+            print(f"autoannotator: label config {args.label_config}: {error}", file=sys.stderr)
+            return 2
+        except (PrelabelError, RunInProgress) as error:
+            print(f"autoannotator: annotate: {error}", file=sys.stderr)
+            return 2
+    _print_failures(result)
+    print(f"wrote {result['written']} tasks to {args.out}"
+          + (f" ({result['resumed']} predicted by an earlier run)" if result["resumed"] else "")
+          + (f"; {result['failed']} images failed" if result["failed"] else ""))
+    return 1 if result["failed"] and not result["written"] else 0
+
+
+def run_prelabel(args, settings: Settings) -> int:
+    from .service.context import AppContext
+    from .service.prelabel import PrelabelError, prelabel
+    from .storage.prelabel_state import RunInProgress
+
+    if not args.project.isdigit():
+        print(f"autoannotator: prelabel: --project must be a Label Studio project id, got {args.project!r}",
+              file=sys.stderr)
+        return 2
+    context = AppContext.build(settings)
+    with _progress_bar("pre-annotating", "task") as progress:
+        try:
+            result = prelabel(context, args.project, _ray_address(args, settings), progress)
+        except (PrelabelError, RunInProgress) as error:
+            print(f"autoannotator: prelabel: {error}", file=sys.stderr)
+            return 1
+    _print_failures(result)
+    print(json.dumps({k: v for k, v in result.items() if k != "failures"}))
+    return 0
+
+
+def _ray_address(args, settings: Settings) -> str:
+    return args.ray or settings.ray_address
+
+
+@contextmanager
+def _progress_bar(description: str, unit: str):
+    """A tqdm bar, and the progress(handled, todo) callback that moves it."""
+    from tqdm import tqdm
+
+    with tqdm(desc=description, unit=unit) as bar:
+        def progress(handled: int, todo: int) -> None:
+            bar.total = todo
+            bar.update(handled - bar.n)
+
+        yield progress
+
+
+def _print_failures(result: dict) -> None:
+    for task, reason in result["failures"].items():
+        print(f"failed: {task}: {reason}", file=sys.stderr)
+    if result["failed"] > len(result["failures"]):
+        print(f"... and {result['failed'] - len(result['failures'])} more failed", file=sys.stderr)
 
 
 def run_recluster(args, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from .service.label_studio import LabelStudioClient
+    from .service.context import AppContext
     from .service.recluster import ReclusterError, recluster
-    from .storage import FaceStore
-    from .vision.annotator import Annotator
 
-    store = FaceStore.open(settings.database_url, settings.data_dir)
-    label_studio = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key,
-                                     timeout=settings.fetch_timeout)
-    threshold = Annotator.from_settings(settings).identity_distance
+    context = AppContext.build(settings)
     with tqdm(total=100, unit="%") as bar:
         def progress(fraction, stage):
             bar.set_description(stage)
             bar.update(round(fraction * 100) - bar.n)
 
         try:
-            result = recluster(store, args.project, threshold, label_studio, progress)
+            result = recluster(context.store, args.project, context.annotator.identity_distance,
+                               context.label_studio, context.output_spec, progress)
         except ReclusterError as error:
             print(f"autoannotator: recluster: {error}", file=sys.stderr)
             return 1
     print(json.dumps(result))
-    if not label_studio.configured:
+    if not context.label_studio.configured:
         print("LABEL_STUDIO_URL is not set: Label Studio's predictions were left as they were", file=sys.stderr)
     return 0
 
@@ -175,14 +226,6 @@ def run_models(args, settings: Settings) -> int:
             print(f"{name}: {error}", file=sys.stderr)
             errors += 1
     return 1 if errors else 0
-
-
-def _image_files(paths):
-    for path in paths:
-        if path.is_dir():
-            yield from (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            yield path
 
 
 if __name__ == "__main__":

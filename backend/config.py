@@ -38,14 +38,23 @@ class Settings:
     face_fusion_iou: float = 0.4  # FACE_FUSION_IOU
     person_fusion_iou: float = 0.55  # PERSON_FUSION_IOU
     # FACE_GUIDED_PERSONS: also search for a person's body in a crop below each face found: single-person
-    # detectors (the default BlazePose) then find people of a group they miss in the whole image.
-    face_guided_persons: bool = True
+    # detectors (BlazePose alone) then find people of a group they miss in the whole image. Off by default:
+    # with the default multi-person detectors (NanoDet, MoveNet) it found no person more on the test, people
+    # and hard-face sets (bench/results/quality.md), and it runs every person detector again per such face.
+    face_guided_persons: bool = False
     face_score_threshold: float = 0.3  # FACE_SCORE_THRESHOLD: fused faces below this are not sent
-    person_score_threshold: float = 0.3  # PERSON_SCORE_THRESHOLD: fused people below this are not sent
+    # PERSON_SCORE_THRESHOLD: fused people below this are not sent. Lower than the faces': the default person
+    # ensemble has three members, so a person only one of them sees (one cut off by the frame, seen from behind)
+    # keeps about a third of that model's score; at 0.15 the shipped photos lose no person and gain no false box.
+    person_score_threshold: float = 0.15
     # IDENTITY_DISTANCE: cosine distance above which faces are different people; by default the descriptor
     # models' own `identity_distance` from the manifest (it differs per network: dlib ~0.075, ArcFace ~0.6).
     identity_distance: float | None = None
     identity_min_face: int = 32  # IDENTITY_MIN_FACE: faces narrower than this (px) get a low identity score
+    # THUMBNAILS: keep a small JPEG of every stored face for the identity review page (/identities; about
+    # 2 KB a face); off, the page shows placeholders. THUMBNAIL_SIZE: their side, pixels.
+    thumbnails: bool = True
+    thumbnail_size: int = 64
 
     # Label Studio
     label_studio_url: str = ""  # LABEL_STUDIO_URL: where uploaded images (/data/upload/...) are fetched
@@ -54,11 +63,39 @@ class Settings:
     person_labels: tuple[str, ...] = ("person", "people", "human", "pedestrian")  # PERSON_LABELS
 
     # Images
-    local_files_root: Path | None = None  # LOCAL_FILES_ROOT: serve /data/local-files/ from this directory
+    # LOCAL_FILES_ROOT: the only folder local images are read from (bare paths, file:// URLs, and
+    # /data/local-files/?d=... straight from a volume shared with Label Studio); unset: no local file is read.
+    local_files_root: Path | None = None
+    # ALLOWED_IMAGE_HOSTS: image hosts allowed although they resolve to loopback, private, link-local or other
+    # non-public addresses: host names, IP addresses or networks (10.0.0.0/8), comma-separated. Label
+    # Studio's own host and port (LABEL_STUDIO_URL) are always allowed.
+    allowed_image_hosts: tuple[str, ...] = ()
     max_image_bytes: int = 50 * 1024 * 1024  # MAX_IMAGE_BYTES
     max_image_pixels: int = 80_000_000  # MAX_IMAGE_PIXELS: larger images are refused (decompression bombs)
+    # MAX_WORK_PIXELS: larger images are decoded reduced (JPEG straight from the file at 1/2, 1/4, 1/8) and
+    # resized to at most this many pixels; the models run on that and coordinates are scaled back. The
+    # default models' memory grows with the pixels they see, about 0.2 GiB per Mpx (1.0 GiB peak at 4 Mpx,
+    # 1.8 at 8, 3.3 at 16 on top of the loaded models): 8 Mpx keeps a worker under 2.5 GiB (README, Security).
+    # Decoding one image of up to MAX_IMAGE_PIXELS peaks at 0.2-0.35 GiB resident for PNG, TIFF and baseline
+    # JPEG, 0.6 GiB for a progressive JPEG, 0.75 GiB for a GIF (one decode at a time per worker;
+    # tests/test_image_sources_security.py measures it).
+    max_work_pixels: int = 8_000_000
     min_image_side: int = 16  # MIN_IMAGE_SIDE: smaller images are refused: nothing can be found in them
-    fetch_timeout: float = 30.0  # FETCH_TIMEOUT: seconds per image download
+    fetch_timeout: float = 30.0  # FETCH_TIMEOUT: seconds for a whole image download, redirects included
+
+    # Security: HTTP basic auth on every route but /health, with the names of Label Studio's Connect Model
+    # form. Unset: the backend listens on loopback only and serves only clients on its own machine.
+    basic_auth_user: str = ""  # BASIC_AUTH_USER
+    basic_auth_pass: str = ""  # BASIC_AUTH_PASS
+
+    # Request bounds
+    max_request_bytes: int = 10 * 1024 * 1024  # MAX_REQUEST_BYTES: larger request bodies get 413
+    max_tasks_per_request: int = 1000  # MAX_TASKS_PER_REQUEST: a /predict with more tasks gets 413
+    max_result_items: int = 10000  # MAX_RESULT_ITEMS: a webhook annotation with more result items gets 400
+    max_name_length: int = 200  # MAX_NAME_LENGTH: longer identity names are refused
+    # PREDICT_TIMEOUT: seconds after which /predict starts no new task and answers those done; keep it under
+    # Label Studio's ML_TIMEOUT_PREDICT (100 s by default) by at least the time of one image.
+    predict_timeout: float = 80.0
 
     # Service
     data_dir: Path = Path("data")  # DATA_DIR: the backend's state
@@ -70,7 +107,25 @@ class Settings:
     workers: int = 1  # WORKERS: gunicorn worker processes (each loads the models)
     threads: int = 4  # THREADS: gunicorn threads per worker
     request_timeout: int = 600  # REQUEST_TIMEOUT: gunicorn worker timeout, seconds
+    # MAX_REQUESTS: a worker is replaced after about this many requests (plus up to 10% jitter), so that
+    # memory a long run fragments is given back; 0 never replaces workers.
+    max_requests: int = 1000
     log_level: str = "INFO"  # LOG_LEVEL
+
+    # Whole-project runs (autoannotator prelabel and annotate, POST /prelabel; service/prelabel.py)
+    # PRELABEL_BATCH: tasks predicted together: their faces are clustered together and stored in one
+    # transaction. Small, so that memory stays flat and a killed run redoes little.
+    prelabel_batch: int = 16
+    # PRELABEL_PUSH: predictions sent to Label Studio in one request (its import API creates them atomically
+    # up to 500).
+    prelabel_push: int = 200
+    # RAY_ADDRESS: run prelabel/annotate on this Ray cluster (host:6379, or "auto" on a node of it) instead of
+    # in this process; needs requirements-ray.txt and DATABASE_URL (the actors share the face store).
+    ray_address: str = ""
+    # RAY_ACTORS: Ray actors that predict (each loads the models once); 0: one per RAY_ACTOR_CPUS CPUs of the
+    # cluster. RAY_ACTOR_CPUS: CPUs each actor reserves, and the threads its models use.
+    ray_actors: int = 0
+    ray_actor_cpus: float = 1.0
 
     @property
     def manifest_path(self) -> Path:

@@ -4,11 +4,13 @@
 
 The descriptors are synthetic: 128-d unit vectors (dlib_resnet's size), ten faces per person on average,
 each face its person's direction plus noise that puts faces of one person ~0.03 cosine distance apart
-(well inside dlib_resnet's identity_distance of 0.075) while different people are ~1 apart.
+(well inside dlib_resnet's identity_distance) while different people are ~1 apart.
 
 Each size runs in a child process whose address space is capped (RLIMIT_AS), so that a size which does not
 fit fails there with MemoryError instead of driving a shared machine into the OOM killer. Average-linkage
-agglomerative clustering (scipy underneath sklearn) holds all n(n-1)/2 pairwise distances as float64.
+agglomerative clustering (scipy's linkage) holds all n(n-1)/2 pairwise distances as float64. A whole
+project is re-clustered without that matrix (backend.storage.identities.cluster_project; measured at 10^6
+faces by bench/identity_store.py).
 """
 from __future__ import annotations
 

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,9 +17,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import requests
 
-PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = REPO_ROOT / "tests" / "data" / "photos"
+MODELS_DIR = REPO_ROOT / "models"
+START_POSTGRES = REPO_ROOT / "tests" / "integration" / "start_postgres.sh"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """One PostgreSQL server for the whole test session (Debian's postgresql package): its URL."""
+    from tests.integration.label_studio import free_port
+
+    directory = tempfile.mkdtemp(prefix="autoannotator-pg-", dir="/tmp")  # the server's user must reach it
+    started = subprocess.run(["bash", str(START_POSTGRES), directory, str(free_port())],
+                             capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        shutil.rmtree(directory, ignore_errors=True)
+        pytest.fail(f"cannot start PostgreSQL for the PostgreSQL variants ({START_POSTGRES.name}):\n"
+                    f"{started.stderr.strip()}", pytrace=False)
+    yield started.stdout.strip()
+    subprocess.run(["bash", str(START_POSTGRES), "--stop", directory], capture_output=True, timeout=60)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +166,55 @@ def other_web():
     server = FakeWeb()
     yield server
     server.close()
+
+
+class Backend:
+    """`autoannotator serve` in its own process group, so that SIGKILL takes gunicorn's master and workers.
+
+    env: the backend's environment; it reads image paths under LOCAL_FILES_ROOT, the test photos unless
+    env says otherwise. auth: (user, password) when env sets BASIC_AUTH_USER / BASIC_AUTH_PASS.
+    """
+
+    def __init__(self, state_dir: Path, env: dict, auth: tuple[str, str] | None = None):
+        self.state_dir, self.env, self.auth = state_dir, {"LOCAL_FILES_ROOT": str(PHOTOS), **env}, auth
+        self.log_path = state_dir / "backend.log"
+
+    def start(self) -> "Backend":
+        from tests.integration.label_studio import free_port, wait_until_ready
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        wait_until_ready(self.url + "/health", self.process, self.log_path, 300, "the backend")
+        return self
+
+    def kill(self, sig=signal.SIGKILL):
+        os.killpg(self.process.pid, sig)
+        self.process.wait(30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def store(self):
+        from backend.storage import FaceStore
+
+        return FaceStore.open(self.env.get("DATABASE_URL", ""), Path(self.env["DATA_DIR"]))
+
+    def post(self, path: str, body, timeout: float = 300, **kwargs):
+        return requests.post(self.url + path, json=body, auth=self.auth, timeout=timeout, **kwargs)
+
+    def predict(self, project: str, photos_dir: Path, tasks: list[tuple[int, str]]) -> list[dict]:
+        from tests.test_label_config import SHIPPED
+
+        body = {"tasks": [{"id": task, "data": {"image": str(photos_dir / photo)}} for task, photo in tasks],
+                "label_config": SHIPPED, "project": f"{project}.1700000000"}
+        response = self.post("/predict", body)
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    def webhook(self, body) -> requests.Response:
+        return self.post("/webhook", body, timeout=120)

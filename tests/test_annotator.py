@@ -41,7 +41,7 @@ def test_fused_score_reflects_agreement(annotator, annotated):
     # Every default detector finds the portraits in both orientations, so their fused score stays high.
     for name in ("obama_1.jpg", "biden.jpg", "grace_hopper.jpg"):
         assert annotated[name].faces.scores.max() > 0.85, name
-    assert annotator.faces.flip_tta and len(annotator.faces.detectors) == 3
+    assert annotator.faces.flip_tta and len(annotator.faces.detectors) == 3  # MTCNN and two BlazeFace models
 
 
 def test_landmarks_are_complete_and_inside_the_face(annotated):
@@ -118,13 +118,16 @@ def test_annotate_cli_writes_a_label_studio_import(photos, tmp_path, capsys):
     assert "1 images failed" in capsys.readouterr().out
 
 
-def test_face_guided_search_finds_people_of_a_group(annotated, photos, faces_truth):
-    # The pose detector sees one of the two men with visible faces in the whole street photo; searching
-    # below each face finds the other, and neither man gets two boxes.
+def test_face_guided_search_finds_people_of_a_group(photos, faces_truth):
+    # The single-person pose detector (FACE_GUIDED_PERSONS is for it; the default's multi-person detectors
+    # need no help) sees one of the two men with visible faces in the whole street photo; searching below
+    # each face finds the other, and neither man gets two boxes.
+    image = load(photos, "street_bus.jpg")
     truth = np.array([p["box"] for p in faces_truth["street_bus.jpg"]["people"]], dtype=float)
-    persons = annotated["street_bus.jpg"].persons
+    guided = Annotator.from_settings(Settings(person_models=("blazepose",), face_guided_persons=True))
+    persons = guided.annotate(image).persons
     matched = box_iou(truth, persons.boxes) >= 0.5
     assert matched[:2].any(axis=1).all(), persons.boxes.astype(int)
     assert matched.sum(axis=0).max() <= 1 and len(persons) == matched.any(axis=0).sum()
-    unguided = Annotator.from_settings(Settings(face_guided_persons=False))
-    assert len(unguided.annotate(load(photos, "street_bus.jpg")).persons) == 1
+    unguided = Annotator.from_settings(Settings(person_models=("blazepose",), face_guided_persons=False))
+    assert len(unguided.annotate(image).persons) == 1

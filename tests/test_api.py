@@ -1,19 +1,28 @@
 """The HTTP API as Label Studio calls it, on the default models and real photos, with real label configs."""
 import json
+import shutil
 
 import pytest
 
+from tests.conftest import PHOTOS
 from tests.test_label_config import CHOICES_IDENTITY, FACES_ONLY, KEYPOINTS_ONLY, NOTHING, PERSONS_ONLY, SHIPPED
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    import os
+def photos(tmp_path_factory):
+    """The test photos, copied under the backend's LOCAL_FILES_ROOT: it reads no file outside it."""
+    root = tmp_path_factory.mktemp("files")
+    for photo in PHOTOS.iterdir():
+        shutil.copy(photo, root / photo.name)
+    return root
 
-    os.environ["DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, photos):
+    from backend.config import Settings
     from backend.service.app import create_app
 
-    app = create_app()
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data"), local_files_root=photos))
     app.testing = True
     return app.test_client()
 
@@ -98,12 +107,12 @@ def test_full_config_faces_landmarks_identities(client, photos, faces_truth):
     assert all(v.startswith("person_") for v in identity_of.values())
 
 
-def test_broken_tasks_fail_alone(client, photos, tmp_path, caplog):
-    text = tmp_path / "notes.jpg"
+def test_broken_tasks_fail_alone(client, photos, caplog):
+    text = photos / "notes.jpg"
     text.write_text("not an image")
     tasks = [
         task(photos, "grace_hopper.jpg", 1),
-        {"id": 2, "data": {"image": str(tmp_path / "missing.jpg")}},
+        {"id": 2, "data": {"image": str(photos / "missing.jpg")}},
         {"id": 3, "data": {"image": str(text)}},
         {"id": 4, "data": {"other": "no image key"}},
         {"id": 5},
@@ -164,3 +173,20 @@ def _size(path):
     with Image.open(path) as image:
         width, height = ImageOps.exif_transpose(image).size
     return height, width
+
+
+def test_a_predict_past_its_deadline_answers_what_is_done(client, photos, caplog):
+    """PREDICT_TIMEOUT: no task starts after it; the others are answered with no prediction at all (an empty
+    list), which Label Studio saves nothing for, so that its next Retrieve Predictions sends them again."""
+    import dataclasses
+
+    from backend.service.app import CONTEXT, create_app
+
+    context = client.application.extensions[CONTEXT]
+    hurried = create_app(dataclasses.replace(context.settings, predict_timeout=0.3), context=context).test_client()
+    tasks = [task(photos, name, i) for i, name in enumerate(["biden.jpg", "obama_1.jpg", "grace_hopper.jpg"])]
+    response = hurried.post("/predict", json={"tasks": tasks, "label_config": SHIPPED, "project": "3.1"})
+    assert response.status_code == 200
+    results = response.get_json()["results"]
+    assert len(results) == 3 and results[0]["result"] and results[1:] == [[], []]
+    assert "deadline reached: 1 of 3 tasks predicted" in caplog.text

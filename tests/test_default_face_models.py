@@ -141,7 +141,7 @@ def test_dlib_rectangle_round_trip():
 
 
 def test_mtcnn_honours_min_face_size(manifest, images, faces_truth):
-    """street_bus.jpg's faces are about 40 px wide: found with the manifest's 20 px (see above), not
+    """street_bus.jpg's faces are about 40 px wide: found with the manifest's 24 px (see above), not
     with 120 px. The limit is soft: P-Net still fires on a face that fills half its window, so the
     measured cut-off lies between 80 px (both found) and 120 px (none)."""
     spec = manifest["mtcnn"]

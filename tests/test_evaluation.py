@@ -1,6 +1,7 @@
 """`autoannotator eval`: metrics against hand-computed cases, both ground-truth formats, and the command end to end."""
 import json
 import shutil
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -8,9 +9,12 @@ import pytest
 
 from backend.cli import main as cli
 from bench.wider_face_to_coco import convert as wider_face_to_coco
+from backend.evaluation.evaluate import configurations, evaluate
 from backend.evaluation.ground_truth import GroundTruthError, Objects, load_ground_truth, match_images
 from backend.evaluation.metrics import (IGNORED, average_precision, bcubed_scores, detection_scores,
                                         identity_scores, landmark_errors, match_boxes, pairwise_scores)
+from backend.evaluation.report import draw_pr_curves
+from backend.vision.models import load_model
 from sklearn.metrics.cluster import contingency_matrix
 
 # Six faces of three people (A, A, A, B, B, C) put into two clusters: {A, A, A, B} and {B, C}.
@@ -213,3 +217,140 @@ def test_eval_command_end_to_end(tmp_path, photos, capsys):
         image = cv2.imread(str(out / png))
         assert image is not None and image.shape[0] > 200 and image.std() > 10, png
     assert "fast" in capsys.readouterr().out
+
+
+def one_class_coco(photos, path, kind: str):
+    """The repository's ground truth with only the faces or only the persons, as a face-only (person-only)
+    set would come: the other category is not even declared."""
+    coco = json.loads((photos / "ground_truth_coco.json").read_text())
+    keep = {c["id"] for c in coco["categories"] if c["name"] == kind}
+    coco["categories"] = [c for c in coco["categories"] if c["id"] in keep]
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] in keep]
+    path.write_text(json.dumps(coco))
+    return path
+
+
+@pytest.fixture
+def two_photos(tmp_path, photos):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("grace_hopper.jpg", "street_bus.jpg"):
+        shutil.copy(photos / name, images / name)
+    return images
+
+
+def test_eval_on_face_only_ground_truth(tmp_path, photos, two_photos, capsys):
+    gt = one_class_coco(photos, tmp_path / "faces.json", "face")
+    out = tmp_path / "report"
+    assert cli(["eval", "--gt", str(gt), "--images", str(two_photos), "--out", str(out), "--presets", "fast",
+                "--flip", "off"]) == 0
+    report = (out / "report.md").read_text()
+    assert "The ground truth has no persons: people are not scored" in report
+    assert "## People" not in report and "people missing" not in report and not (out / "persons_pr.png").exists()
+    assert "| fast | 1.000 |" in report.split("## Faces")[1].split("##")[0]  # BlazeFace finds the 3 faces
+    assert "## Identities" in report and "person AP50" not in capsys.readouterr().out
+
+
+def test_eval_on_person_only_ground_truth(tmp_path, photos, two_photos, capsys):
+    gt = one_class_coco(photos, tmp_path / "persons.json", "person")
+    out = tmp_path / "report"
+    assert cli(["eval", "--gt", str(gt), "--images", str(two_photos), "--out", str(out), "--presets", "fast",
+                "--flip", "off"]) == 0
+    report = (out / "report.md").read_text()
+    assert "The ground truth has no faces: faces, landmarks and identities are not scored" in report
+    assert "## Faces" not in report and "## Identities" not in report and not (out / "faces_pr.png").exists()
+    people = report.split("## People")[1].split("##")[0]
+    assert "| blazepose |" in people and "| fast |" in people
+    # no face model runs: the search below faces (FACE_GUIDED_PERSONS) is off by default
+    assert "| fast | – | blazepose | – | no |" in report
+    assert "| blazeface |" not in report
+    printed = capsys.readouterr().out
+    assert "person AP50" in printed and "face AP50" not in printed
+
+
+def test_pr_plot_of_boxes_without_truth_does_not_crash(tmp_path):
+    # What crashed `eval` on a face-only COCO file after all the work: the person boxes it showed had no
+    # truth to match, so recall and precision were NaN, and the plot's dot could not be placed.
+    no_truth = detection_scores([Objects.build(np.zeros((0, 4)))], [np.array([[0, 0, 10, 10]], np.float32)],
+                                [np.array([0.9], np.float32)], threshold=0.3)
+    all_ignored = detection_scores([Objects.build([[0, 0, 10, 10]], ignore=[True])],
+                                   [np.array([[0, 0, 10, 10]], np.float32)], [np.array([0.9], np.float32)], 0.3)
+    assert no_truth.shown == all_ignored.shown == 1
+    assert np.isnan(no_truth.recall) and np.isnan(all_ignored.precision)
+    draw_pr_curves([("no truth", no_truth), ("all ignored", all_ignored)], "people", tmp_path / "pr.png")
+    assert cv2.imread(str(tmp_path / "pr.png")) is not None
+
+
+def test_each_model_runs_once_per_image_whatever_the_configurations(photos, two_photos, manifest, monkeypatch):
+    import backend.evaluation.evaluate as evaluate_module
+    from backend.config import Settings
+    from backend.service.images import decode_image
+
+    settings = Settings()
+    load_image = lambda path: decode_image(path.read_bytes(), str(path), settings)  # noqa: E731
+    pairs, _ = match_images(load_ground_truth(photos / "ground_truth_coco.json"), two_photos)
+    whole_image_shapes = {load_image(path).pixels.shape for _, path in pairs}
+    whole_image_runs = Counter()
+
+    def counted(spec, models_dir):  # the real model; its runs on whole images are counted
+        model = load_model(spec, models_dir)
+        if spec.task != "descriptor":
+            detect = model.detect
+
+            def detect_and_count(image):
+                if image.shape in whole_image_shapes:
+                    whole_image_runs[spec.name, image.shape, hash(image.tobytes())] += 1
+                return detect(image)
+            model.detect = detect_and_count
+        return model
+
+    monkeypatch.setattr(evaluate_module, "load_model", counted)
+    configs = configurations(manifest, settings, ["fast"], ["blazeface", "blazepose"], [False, True])
+    assert len(configs) == 6
+    steps = []
+
+    class Recorder:
+        def __init__(self, total):
+            steps.append(total)
+
+        def update(self, count=1):
+            steps.append(count)
+
+        def close(self):
+            pass
+
+    results = evaluate(pairs, configs, manifest, settings, load_image, Recorder, keep_shown=configs[-1])
+    # fast uses blazeface, blazeface_short, blazepose and dlib_resnet: 2 images x 4 models
+    assert steps[0] == 2 * 4 and sum(steps[1:]) == steps[0]
+    assert len({(name, shape) for name, shape, _ in whole_image_runs}) == 3 * 2  # 3 detectors on 2 images ...
+    assert Counter(whole_image_runs.values()) == {1: 3 * 2 * 2}  # ... once upright and once mirrored, no more
+    assert [r.shown is not None for r in results] == [False] * 5 + [True]  # only the gallery's boxes are kept
+    assert results[-1].configuration.name == "fast+flip" and len(results[-1].shown) == 2
+
+
+def test_eval_leaves_out_the_slow_preset_unless_asked(tmp_path, photos, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(photos / "grace_hopper.jpg", images)
+    out = tmp_path / "report"
+    assert cli(["eval", "--gt", str(photos / "ground_truth_coco.json"), "--images", str(images), "--out", str(out),
+                "--flip", "off"]) == 0
+    report = (out / "report.md").read_text()
+    assert "presets not scored, slow: accurate (score with --accurate)" in report
+    assert "| default |" in report and "| fast |" in report
+    assert "accurate" not in report.split("## Configurations")[1] and "dlib_mmod" not in report
+
+
+def test_eval_scores_reduced_images_in_the_image_pixels(tmp_path, photos, two_photos, monkeypatch):
+    # Above MAX_WORK_PIXELS the service runs the models on a reduced image and scales boxes back; eval must
+    # score those boxes against the truth in the image's own pixels, and draw them on the reduced pixels.
+    out = {}
+    for budget in ("16000000", "120000"):  # the photos whole, then at about 1/3 and 1/4 of their side
+        monkeypatch.setenv("MAX_WORK_PIXELS", budget)
+        out[budget] = tmp_path / budget
+        assert cli(["eval", "--gt", str(photos / "ground_truth_coco.json"), "--images", str(two_photos),
+                    "--out", str(out[budget]), "--presets", "fast", "--flip", "off"]) == 0
+    whole, reduced = ((out[b] / "report.md").read_text() for b in ("16000000", "120000"))
+    for report in (whole, reduced):  # BlazeFace still finds the three faces where they are
+        assert "| blazeface | 1.000 |" in report.split("## Faces")[1].split("##")[0]
+    assert cv2.imread(str(out["120000"] / "worst_misses.png")) is not None

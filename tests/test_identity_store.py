@@ -13,11 +13,9 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -30,14 +28,14 @@ from PIL import Image, ImageOps
 from backend.config import Settings
 from backend.storage import AnnotatedFace, FaceStore, NewFace, cluster_project
 from backend.storage import identities as identity_math
+from backend.storage import vector_index
 from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect
 from backend.vision.clustering import cluster_identities
-from tests.integration.label_studio import free_port, tail, wait_until_ready
-from tests.conftest import LoopbackServer
+from tests.integration.label_studio import tail
+from tests.conftest import Backend, LoopbackServer
 from tests.test_label_config import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-START_POSTGRES = REPO_ROOT / "tests" / "integration" / "start_postgres.sh"
 DIALECTS = ["sqlite", "postgresql"]
 PHOTOS = ["obama_1.jpg", "obama_2.jpg", "obama_3.jpg", "biden.jpg", "grace_hopper.jpg",
           "astronaut_eileen_collins.jpg"]
@@ -52,20 +50,6 @@ def new_project() -> str:
 
 # Fixtures -----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    directory = tempfile.mkdtemp(prefix="autoannotator-pg-", dir="/tmp")  # the server's user must reach it
-    started = subprocess.run(["bash", str(START_POSTGRES), directory, str(free_port())],
-                             capture_output=True, text=True, timeout=120)
-    if started.returncode != 0:
-        shutil.rmtree(directory, ignore_errors=True)
-        pytest.fail(f"cannot start PostgreSQL for the PostgreSQL variants ({START_POSTGRES.name}):\n"
-                    f"{started.stderr.strip()}", pytrace=False)
-    yield started.stdout.strip()
-    subprocess.run(["bash", str(START_POSTGRES), "--stop", directory], capture_output=True, timeout=60)
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 @pytest.fixture(params=DIALECTS)
 def dialect(request):
     return request.param
@@ -73,6 +57,11 @@ def dialect(request):
 
 @pytest.fixture
 def store(dialect, tmp_path, request):
+    return open_store(dialect, tmp_path, request)
+
+
+def open_store(dialect, tmp_path, request) -> FaceStore:
+    """A FaceStore on the test's database: each one has its own vector indexes, as each replica does."""
     if dialect == "sqlite":
         return FaceStore(SQLiteDialect(tmp_path / "faces.sqlite3"))
     return FaceStore(PostgreSQLDialect(request.getfixturevalue("postgres_url")))
@@ -136,7 +125,7 @@ def test_annotators_corrections(store, faces_of, vision):
 
     def learn(task, name, photo=None, region="face1", descriptor=None):
         faces = [] if photo is None else [AnnotatedFace(region, faces_of[photo][0], name, descriptor)]
-        return store.learn(project, task, faces, "v1", threshold)
+        return store.learn(project, task, faces, threshold)
 
     # A name given to one face names its identity: all of its faces, and the next ones.
     assert learn("obama_1.jpg", "Barack Obama", "obama_1.jpg")["renamed"] == 1
@@ -219,48 +208,136 @@ def test_cluster_project_equals_one_global_clustering(monkeypatch):
     assert all(len(set(members[capped == label])) == 1 for label in np.unique(capped))  # no people mixed
 
 
+def test_replicas_see_each_others_faces(dialect, tmp_path, request, faces_of, vision):
+    """Two stores on one database, as two replicas: each one's vector index catches up on the faces the
+    other stored, and drops the faces the other deleted."""
+    first, second = open_store(dialect, tmp_path, request), open_store(dialect, tmp_path, request)
+    project, threshold = new_project(), vision.identity_distance
+
+    def assign(store, photo, task):
+        return store.assign(project, [new_face(faces_of, photo, task)], "v1", threshold)[0]
+
+    obama = assign(first, "obama_1.jpg", "a")
+    assert assign(second, "obama_2.jpg", "b") == obama
+    biden = assign(second, "biden.jpg", "c")
+    assert assign(first, "biden.jpg", "d") == biden != obama
+    first.forget_tasks(project, ["a", "b"])
+    # Obama's faces are gone: the second store's index still held them, its search found them, and the
+    # database said they no longer exist. His next face founds a new identity.
+    assert assign(second, "obama_3.jpg", "e") not in (obama, biden)
+    [index] = [index for (indexed, _), index in second._indexes.items() if indexed == project]
+    assert len(index) == 2  # Biden's two faces (the new one joins at its next catch-up)
+
+
+def test_votes_of_the_nearest_faces():
+    """identities.match_groups on hand-made neighbours (identity, weight, distance), threshold 0.1."""
+    none = (-1, 1.0, np.inf)
+
+    def match(*faces, groups=None, thresholds=(0.1,)):
+        width = max(len(f) for f in faces)
+        table = np.array([list(f) + [none] * (width - len(f)) for f in faces], dtype=object)
+        identities, weights, distances = (np.array(table[:, :, i].tolist(), dtype=float) for i in range(3))
+        return identity_math.match_groups(np.array(groups or range(len(faces))), np.array(thresholds, float),
+                                          identities.astype(np.int64), weights, distances)
+
+    # A lone look-alike face within the threshold does not pull in a face that the rest of its person is
+    # far from: the mean distance to the person's nearby faces decides.
+    joined, distance = match([(7, 1.0, 0.05), (7, 1.0, 0.18), (7, 1.0, 0.18), (7, 1.0, 0.18)])
+    assert joined.tolist() == [-1] and distance == pytest.approx([(0.05 + 0.18 + 0.18) / 3])
+    assert match([(7, 1.0, 0.05), (7, 1.0, 0.09)])[0].tolist() == [7]
+    # Only an identity's VOTERS_PER_IDENTITY faces nearest the face count: a person's other looks do not.
+    assert identity_math.VOTERS_PER_IDENTITY == 3
+    assert match([(4, 1.0, 0.02), (4, 1.0, 0.3), (4, 1.0, 0.04), (4, 1.0, 0.3), (4, 1.0, 0.06)])[0].tolist() == [4]
+    # Confirmed faces weigh CONFIRMED_WEIGHT times as much.
+    assert match([(3, 1.0, 0.06), (3, 1.0, 0.14)])[0].tolist() == [-1]
+    joined, distance = match([(3, identity_math.CONFIRMED_WEIGHT, 0.06), (3, 1.0, 0.14)])
+    assert joined.tolist() == [3] and distance == pytest.approx([0.076])
+    # Two groups of one request are two people: the closer one gets the identity both want.
+    joined, _ = match([(5, 1.0, 0.03)], [(5, 1.0, 0.05), (6, 1.0, 0.08)], thresholds=(0.1, 0.1))
+    assert joined.tolist() == [5, 6]
+    # A group's faces vote together.
+    assert match([(5, 1.0, 0.02)], [(5, 1.0, 0.16)], groups=[0, 0])[0].tolist() == [5]
+    # No stored face: a new person, nothing near.
+    joined, distance = match([none])
+    assert joined.tolist() == [-1] and distance.tolist() == [np.inf]
+    # A blurred stored face's vote weighs its quality: the sharp face's distance decides.
+    sharp, blurred = identity_math.vote_weights([False, False], [1.0, 0.05])
+    assert match([(9, 1.0, 0.05), (9, 1.0, 0.2)])[0].tolist() == [-1]
+    assert match([(9, sharp, 0.05), (9, blurred, 0.2)])[0].tolist() == [9]
+    # The confidence: the face's quality times how clearly the vote decided.
+    confidence = identity_math.assignment_confidence(np.array([1.0, 1.0, 1.0, 0.4]), np.array([0.0, 0.1, np.inf, 0.0]),
+                                                     np.full(4, 0.1), np.array([3, 3, -1, 3]))
+    assert confidence.tolist() == pytest.approx([1.0, 0.5, 1.0, 0.4])
+
+
+def test_the_index_is_exact_then_inverted(monkeypatch):
+    """Below EXACT_UP_TO faces the index searches exactly; above, its inverted lists find the faces near
+    each query as exact search does, and removed faces are never found again."""
+    monkeypatch.setattr(vector_index, "EXACT_UP_TO", 1500)
+    monkeypatch.setattr(vector_index, "LISTS", 32)
+    monkeypatch.setattr(vector_index, "TRAINING_SAMPLE", 1500)
+    descriptors, _ = synthetic_faces(np.random.default_rng(1), people=400, faces=4000)
+    queries = descriptors[::50]
+    exact = 1.0 - queries @ descriptors.T
+    index = vector_index.FaceIndex(descriptors.shape[1])
+    for start in range(0, len(descriptors), 1000):
+        index.add(np.arange(start, start + 1000) * 3, descriptors[start:start + 1000])
+        if start == 0:
+            assert _near_recall(index, queries, exact[:, :1000]) == 1.0
+    assert len(index) == 4000 and index._inverted
+    assert _near_recall(index, queries, exact) >= 0.99
+    index.remove(np.arange(0, 12000, 6))  # every other face
+    ids, _ = index.search(queries, 10)
+    assert len(index) == 2000 and not (ids[ids >= 0] % 6 == 0).any()
+
+
+def test_knn_graph_is_the_exact_graph_on_few_faces():
+    descriptors, _ = synthetic_faces(np.random.default_rng(2), people=30, faces=300)
+    neighbours, distances = vector_index.knn_graph(descriptors, 5)
+    exact = 1.0 - descriptors @ descriptors.T
+    np.fill_diagonal(exact, np.inf)
+    assert (neighbours != np.arange(300)[:, None]).all()
+    np.testing.assert_allclose(distances, np.sort(exact, axis=1)[:, :5], atol=1e-5)
+
+
+def test_a_store_from_before_face_ids_numbers_its_faces(store, faces_of, vision):
+    project, threshold = new_project(), vision.identity_distance
+    obama = store.assign(project, [new_face(faces_of, "obama_1.jpg", "a")], "v1", threshold)
+    store.assign(project, [new_face(faces_of, "biden.jpg", "b")], "v1", threshold)
+    db = store.dialect.connect()
+    for statement in ("DROP INDEX faces_by_id", "DROP INDEX faces_by_project_id", "ALTER TABLE faces DROP COLUMN id",
+                      "ALTER TABLE faces DROP COLUMN quality", "DELETE FROM face_sequence"):
+        db.execute(statement)
+    db.close()
+    reopened = FaceStore(store.dialect)
+    assert reopened.assign(project, [new_face(faces_of, "obama_2.jpg", "c")], "v1", threshold) == obama
+    ids = reopened._run(reopened._connection(), "SELECT task, id FROM faces WHERE project = ? ORDER BY id",
+                        (project,)).fetchall()
+    assert [task for task, _ in ids] == ["a", "b", "c"] and len({face_id for _, face_id in ids}) == 3
+
+
+def synthetic_faces(rng, people: int, faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit 128-d descriptors: each face its person's random direction plus noise (~0.03 apart)."""
+    centres = identity_math.unit(rng.normal(size=(people, 128)))
+    members = rng.integers(0, people, faces)
+    noise = rng.normal(scale=0.18 / np.sqrt(128), size=(faces, 128))
+    return identity_math.unit(centres[members] + noise).astype(np.float32), members
+
+
+def _near_recall(index, queries, exact_distances, k=10, radius=0.2) -> float:
+    """Of each query's k exactly nearest faces closer than `radius`, the share the index found."""
+    ids, _ = index.search(queries, k)
+    nearest = np.argsort(exact_distances, axis=1)[:, :k]
+    wanted = [set((row[exact_distances[q, row] < radius] * 3).tolist()) for q, row in enumerate(nearest)]
+    return sum(len(w & set(found.tolist())) for w, found in zip(wanted, ids)) / sum(len(w) for w in wanted)
+
+
 def _same_partition(a, b) -> bool:
     pairs = set(zip(a.tolist(), b.tolist()))
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
 # The backend as Label Studio uses it --------------------------------------------------------------
-
-class Backend:
-    """`autoannotator serve` in its own process group, so that SIGKILL takes gunicorn's master and workers."""
-
-    def __init__(self, state_dir: Path, env: dict):
-        self.state_dir, self.env = state_dir, env
-        self.log_path = state_dir / "backend.log"
-
-    def start(self) -> "Backend":
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        wait_until_ready(self.url + "/health", self.process, self.log_path, 300, "the backend")
-        return self
-
-    def kill(self, sig=signal.SIGKILL):
-        os.killpg(self.process.pid, sig)
-        self.process.wait(30)
-
-    def store(self) -> FaceStore:
-        return FaceStore.open(self.env.get("DATABASE_URL", ""), Path(self.env["DATA_DIR"]))
-
-    def predict(self, project: str, photos_dir: Path, tasks: list[tuple[int, str]]) -> list[dict]:
-        body = {"tasks": [{"id": task, "data": {"image": str(photos_dir / photo)}} for task, photo in tasks],
-                "label_config": SHIPPED, "project": f"{project}.1700000000"}
-        response = requests.post(self.url + "/predict", json=body, timeout=300)
-        assert response.status_code == 200, response.text
-        return response.json()["results"]
-
-    def webhook(self, body) -> requests.Response:
-        return requests.post(self.url + "/webhook", json=body, timeout=120)
-
 
 def backend_env(state_dir: Path, dialect: str, request, **extra) -> dict:
     env = dict(os.environ, DATA_DIR=str(state_dir / "data"), LOG_LEVEL="INFO", **extra)
@@ -320,7 +397,8 @@ def test_same_person_across_requests_and_renames(backend, photos, faces_truth):
     box = faces_truth["biden.jpg"]["faces"][0]["box"]
     with Image.open(photos / "biden.jpg") as image:
         width, height = ImageOps.exif_transpose(image).size
-    drawn = {"id": "hand1", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+    boxes = re.search(r'<RectangleLabels name="([^"]+)"', SHIPPED).group(1)  # the shipped config's face boxes
+    drawn = {"id": "hand1", "type": "rectanglelabels", "from_name": boxes, "to_name": "image",
              "original_width": width, "original_height": height,
              "value": {"x": box[0] / width * 100, "y": box[1] / height * 100,
                        "width": (box[2] - box[0]) / width * 100, "height": (box[3] - box[1]) / height * 100,

@@ -1,4 +1,9 @@
-"""Fetching and decoding task images: every source, every bad input, and where the API key may go."""
+"""Fetching and decoding task images: every source, every bad input, and where the API key may go.
+
+The attacks (token leaks, local files, SSRF, slow and large downloads, memory) are in
+test_image_sources_security.py; here the loader is set up as the command line's (local paths anywhere) with
+the loopback servers allowed.
+"""
 import io
 
 import cv2
@@ -7,7 +12,7 @@ import pytest
 from PIL import Image
 
 from backend.config import Settings
-from backend.service.images import ImageError, ImageLoader
+from backend.service.images import ImageError, ImageLoader, LoadedImage
 from backend.service.label_studio import LabelStudioClient
 from tests.conftest import make_jwt
 
@@ -20,15 +25,22 @@ def encode(array, fmt="PNG", **save):
     return buffer.getvalue()
 
 
-def loader(ls_url="", key="", **overrides):
-    settings = Settings(label_studio_url=ls_url, label_studio_api_key=key, fetch_timeout=5, **overrides)
-    return ImageLoader(settings, LabelStudioClient(ls_url, key))
+def loader(ls_url="", key="", trusted_paths=True, **overrides):
+    settings = Settings(label_studio_url=ls_url, label_studio_api_key=key, fetch_timeout=5,
+                        **{"allowed_image_hosts": ("127.0.0.1",), **overrides})
+    return ImageLoader(settings, LabelStudioClient(ls_url, key), trusted_paths=trusted_paths)
+
+
+def pixels(source, **settings) -> np.ndarray:
+    return loader(**settings).load(source).pixels
 
 
 def test_local_path_and_file_url(photos):
-    image = loader().load(str(photos / "grace_hopper.jpg"))
+    loaded = loader().load(str(photos / "grace_hopper.jpg"))
+    assert isinstance(loaded, LoadedImage) and (loaded.width, loaded.height, loaded.scale) == (512, 600, 1.0)
+    image = loaded.pixels
     assert image.dtype == np.uint8 and image.shape == (600, 512, 3)
-    same = loader().load((photos / "grace_hopper.jpg").as_uri())
+    same = pixels((photos / "grace_hopper.jpg").as_uri())
     np.testing.assert_array_equal(image, same)
     # RGB, not BGR: the photo's uniform is navy blue
     assert image[500:560, 100:200, 2].mean() > image[500:560, 100:200, 0].mean()
@@ -42,9 +54,9 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to view": undoes the CCW rotation above
     path = tmp_path / "rotated.jpg"
     stored.save(path, "JPEG", exif=exif, quality=95)
-    image = loader().load(str(path))
-    assert image.shape[:2] == (40, 20)
-    assert image[:8].mean() > 200 and image[15:].mean() < 50
+    loaded = loader().load(str(path))
+    assert loaded.pixels.shape[:2] == (40, 20) and (loaded.width, loaded.height) == (20, 40)
+    assert loaded.pixels[:8].mean() > 200 and loaded.pixels[15:].mean() < 50
 
 
 @pytest.mark.parametrize("make, shape", [
@@ -56,14 +68,14 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_unusual_formats_decode_to_rgb8(tmp_path, make, shape):
     path = tmp_path / "image"
     path.write_bytes(make())
-    image = loader().load(str(path))
+    image = pixels(str(path))
     assert image.shape == shape and image.dtype == np.uint8
 
 
 def test_16_bit_values_scale_not_clip(tmp_path):
     path = tmp_path / "deep.png"
     path.write_bytes(cv2.imencode(".png", np.full((30, 40), 32768, np.uint16))[1].tobytes())
-    assert 120 <= loader().load(str(path)).mean() <= 135
+    assert 120 <= pixels(str(path)).mean() <= 135
 
 
 @pytest.mark.parametrize("content, message", [
@@ -108,7 +120,7 @@ def test_missing_paths_and_schemes():
 
 def test_http_download_and_errors(web, photos):
     url = web.serve("/a.jpg", (photos / "grace_hopper.jpg").read_bytes())
-    assert loader().load(url).shape == (600, 512, 3)
+    assert pixels(url).shape == (600, 512, 3)
     with pytest.raises(ImageError, match="HTTP 404"):
         loader().load(web.url + "/missing.jpg")
     with pytest.raises(ImageError, match="download failed"):
@@ -142,7 +154,7 @@ def test_personal_access_token_is_exchanged_and_refreshed(web, photos):
     web.refresh_tokens.add(pat)
     web.serve("/data/upload/2/a.jpg", (photos / "grace_hopper.jpg").read_bytes(), bearer=True)
     images = loader(web.url, pat)
-    assert images.load("/data/upload/2/a.jpg").shape == (600, 512, 3)
+    assert images.load("/data/upload/2/a.jpg").pixels.shape == (600, 512, 3)
     refreshes = [r for r in web.requests if r[1] == "/api/token/refresh"]
     assert len(refreshes) == 1
     image_request = web.requests[-1]
@@ -152,7 +164,7 @@ def test_personal_access_token_is_exchanged_and_refreshed(web, photos):
     assert len([r for r in web.requests if r[1] == "/api/token/refresh"]) == 1
     # ...and renewed when Label Studio stops accepting it.
     web.valid_access_tokens.clear()
-    assert images.load("/data/upload/2/a.jpg").shape == (600, 512, 3)
+    assert images.load("/data/upload/2/a.jpg").pixels.shape == (600, 512, 3)
     assert len([r for r in web.requests if r[1] == "/api/token/refresh"]) == 2
 
 
@@ -166,7 +178,50 @@ def test_rejected_personal_access_token_says_so(web):
 def test_local_files_root(tmp_path, photos):
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "a.jpg").write_bytes((photos / "grace_hopper.jpg").read_bytes())
-    images = loader("http://127.0.0.1:9", LEGACY_KEY, local_files_root=tmp_path)
-    assert images.load("/data/local-files/?d=dir/a.jpg").shape == (600, 512, 3)
-    with pytest.raises(ImageError, match="leaves LOCAL_FILES_ROOT"):
+    images = loader("http://127.0.0.1:9", LEGACY_KEY, trusted_paths=False, local_files_root=tmp_path)
+    assert images.load("/data/local-files/?d=dir/a.jpg").pixels.shape == (600, 512, 3)
+    with pytest.raises(ImageError, match="outside LOCAL_FILES_ROOT"):
         images.load("/data/local-files/?d=../../etc/passwd")
+
+
+def photo_at(size: tuple[int, int], photos, fmt: str = "JPEG", **save) -> bytes:
+    """The Grace Hopper photo stretched to `size` (width, height), encoded as `fmt`."""
+    image = Image.open(photos / "grace_hopper.jpg").convert("RGB").resize(size, Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_images_are_decoded_reduced_with_their_original_size(tmp_path, photos, fmt):
+    path = tmp_path / f"large.{fmt.lower()}"
+    path.write_bytes(photo_at((1600, 1200), photos, fmt))
+    full = loader().load(str(path))
+    assert (full.width, full.height, full.scale) == (1600, 1200, 1.0) and full.pixels.shape == (1200, 1600, 3)
+    reduced = loader(max_work_pixels=300_000).load(str(path))
+    rows, cols = reduced.pixels.shape[:2]
+    assert rows * cols <= 300_000 and rows * cols > 290_000 and (reduced.width, reduced.height) == (1600, 1200)
+    assert reduced.scale == pytest.approx(cols / 1600) and abs(rows / cols - 0.75) < 0.01
+    # The same picture: the full decode brought to the same size differs by little more than JPEG noise.
+    expected = cv2.resize(full.pixels, (cols, rows), interpolation=cv2.INTER_AREA)
+    assert np.abs(expected.astype(int) - reduced.pixels).mean() < 3
+
+
+def test_reduced_decoding_keeps_the_exif_orientation(tmp_path, photos):
+    upright = np.asarray(Image.open(photos / "grace_hopper.jpg").convert("RGB").resize((800, 1000)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored lying on its side; "rotate 90 CW to view"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(np.rot90(upright, k=1).copy()).save(path, "JPEG", exif=exif, quality=95)
+    reduced = loader(max_work_pixels=50_000).load(str(path))
+    rows, cols = reduced.pixels.shape[:2]
+    assert (reduced.width, reduced.height) == (800, 1000) and rows > cols and rows * cols <= 50_000
+    expected = cv2.resize(upright, (cols, rows), interpolation=cv2.INTER_AREA)
+    assert np.abs(expected.astype(int) - reduced.pixels).mean() < 6
+
+
+def test_formats_browsers_do_not_show_are_refused(tmp_path):
+    path = tmp_path / "image.ppm"
+    path.write_bytes(encode(np.full((30, 40, 3), 90, np.uint8), "PPM"))
+    with pytest.raises(ImageError, match="PPM images are not read"):
+        loader().load(str(path))

@@ -18,8 +18,12 @@ def spec(url, sha256=hashlib.sha256(WEIGHTS).hexdigest(), file="sub/model.onnx")
 def test_shipped_manifest_is_consistent():
     manifest = load_manifest(REPO_ROOT / "models" / "manifest.json")
     default = manifest.preset("default")
-    assert [s.name for s in default["face"]] == ["mtcnn", "blazeface", "dlib_hog"]
-    assert [s.name for s in default["person"]] == ["blazepose"]
+    assert [s.name for s in default["face"]] == ["mtcnn", "blazeface", "blazeface_back"]
+    assert [s.name for s in default["person"]] == ["nanodet_m", "movenet_multipose", "blazepose"]
+    # accurate is the default plus dlib's slow MMOD detector
+    accurate = manifest.preset("accurate")
+    assert [s.name for s in accurate["face"]] == [s.name for s in default["face"]] + ["dlib_mmod"]
+    assert [s.name for s in accurate["person"]] == [s.name for s in default["person"]]
     for model in manifest.models.values():
         if model.url:
             assert model.sha256 and len(model.sha256) == 64, f"{model.name}: a url needs its sha256"

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import Settings
 from ..vision.annotator import ImageAnnotation
 from . import metrics
-from .evaluate import Result, shown
+from .evaluate import Result
 from .ground_truth import ImageTruth
 from .metrics import DetectionScores, match_boxes
 
@@ -62,13 +62,16 @@ def write_report(out_dir: Path, results: list[Result], pairs: list[tuple[ImageTr
             [[r.configuration.name, r.identity.faces, r.identity.people, r.identity.clusters,
               *map(_number, r.identity.pairwise), *map(_number, r.identity.bcubed), r.identity.merges,
               r.identity.splits] for r in with_ids]), ""]
+    fix_columns = [(["faces missing", "faces false"], lambda r: _box_fixes(r.faces), faces),
+                   (["people missing", "people false"], lambda r: _box_fixes(r.persons), persons),
+                   (["merges", "splits"], lambda r: [r.identity.merges, r.identity.splits] if r.identity
+                    else ["–", "–"], with_ids)]
+    fix_columns = [(header, cells) for header, cells, scored in fix_columns if scored]  # classes the truth has
     lines += ["## Fixes an annotator would make", "", markdown_table(
-        ["configuration", "faces missing", "faces false", "people missing", "people false", "merges", "splits",
-         "total"],
-        [[r.configuration.name, *_box_fixes(r.faces), *_box_fixes(r.persons),
-          r.identity.merges if r.identity else "–", r.identity.splits if r.identity else "–", r.fixes]
-         for r in results]), ""]
-    misses = worst_misses(gallery, pairs, settings, match_iou)
+        ["configuration", *(name for header, _ in fix_columns for name in header), "total"],
+        [[r.configuration.name, *(cell for _, cells in fix_columns for cell in cells(r)), r.fixes] for r in results]),
+        ""]
+    misses = worst_misses(gallery, pairs, match_iou)
     draw_gallery(misses, load_image, out_dir / "worst_misses.png")
     lines += [f"## Worst misses of {gallery.configuration.name}", "",
               "Green: ground truth, yellow: don't care, red: shown predictions; magenta: the miss.", "",
@@ -143,7 +146,7 @@ def draw_pr_curves(curves: list[tuple[str, DetectionScores]], title: str, path: 
         points = np.array([to_px(r, p) for r, p in zip(scores.curve_recall, scores.curve_precision)], np.int32)
         if len(points):
             cv2.polylines(canvas, [points.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
-        if scores.shown:
+        if scores.shown and np.isfinite([scores.recall, scores.precision]).all():  # NaN: no truth, or all ignored
             cv2.circle(canvas, to_px(scores.recall, scores.precision), 6, colour, -1, cv2.LINE_AA)
         y = top + 10 + i * min(26, (height - top - 20) // len(curves))
         cv2.line(canvas, (width + 10, y), (width + 40, y), colour, 3)
@@ -162,13 +165,12 @@ class Miss:
     shown: ImageAnnotation
 
 
-def worst_misses(result: Result, pairs: list[tuple[ImageTruth, Path]], settings: Settings,
+def worst_misses(result: Result, pairs: list[tuple[ImageTruth, Path]],
                  match_iou: float = metrics.MATCH_IOU) -> list[Miss]:
     """The largest missed boxes and the highest-scoring false ones of this configuration at the shipped
-    thresholds, GALLERY_PER_KIND of each."""
+    thresholds (result.shown), GALLERY_PER_KIND of each."""
     missed, false = [], []
-    for (truth, path), annotation in zip(pairs, result.annotations):
-        visible = shown(annotation, settings)
+    for (truth, path), visible in zip(pairs, result.shown):
         for kind, objects, found, scored in (("face", truth.faces, visible.faces, result.faces),
                                              ("person", truth.persons, visible.persons, result.persons)):
             if scored is None:
@@ -186,18 +188,22 @@ def worst_misses(result: Result, pairs: list[tuple[ImageTruth, Path]], settings:
 
 
 def draw_gallery(misses: list[Miss], load_image, path: Path, columns: int = 4) -> None:
-    """One tile per miss: the surroundings of the box, scaled to the tile, with every truth and shown box."""
+    """One tile per miss: the surroundings of the box, scaled to the tile, with every truth and shown box.
+    load_image: path -> service.images.LoadedImage."""
     caption_height = 24
     tiles = []
     for miss in misses:
-        image = load_image(miss.path)[..., ::-1]  # OpenCV draws in BGR
-        left, top, right, low = _surroundings(image.shape, miss.box)
+        loaded = load_image(miss.path)
+        image = loaded.pixels[..., ::-1]  # OpenCV draws in BGR
+        # Boxes are in the image's own pixels; the decoded pixels are fewer for an image over MAX_WORK_PIXELS.
+        to_pixels = lambda box: np.asarray(box, np.float64) * loaded.scale  # noqa: E731
+        left, top, right, low = _surroundings(image.shape, to_pixels(miss.box))
         scale = GALLERY_TILE / max(right - left, low - top)
         crop = cv2.resize(image[top:low, left:right], (max(1, round((right - left) * scale)),
                                                       max(1, round((low - top) * scale))), interpolation=cv2.INTER_AREA)
         tile = np.full((GALLERY_TILE + caption_height, GALLERY_TILE, 3), 255, np.uint8)
         tile[:crop.shape[0], :crop.shape[1]] = crop
-        to_tile = lambda box: (np.asarray(box) - (left, top, left, top)) * scale  # noqa: E731
+        to_tile = lambda box: (to_pixels(box) - (left, top, left, top)) * scale  # noqa: E731
         for objects in (miss.truth.faces, miss.truth.persons):
             for box, ignore in zip(objects.boxes, objects.ignore):
                 _rectangle(tile, to_tile(box), IGNORED if ignore else TRUTH, 2)

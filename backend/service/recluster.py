@@ -11,26 +11,37 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Collection
 
 import requests
 
 from ..storage import FaceStore, cluster_project
-from . import model
-from .label_studio import LabelStudioAuthError, LabelStudioClient
-from .predictions import identity_value
+from .context import AppContext
+from .label_config import OutputSpec
+from .label_studio import LabelStudioClient, LabelStudioError
+from .predictions import relabel_identities
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]  # (fraction done, what is being done)
 
 
+Edit = Callable[[str, list], list]  # (task, prediction result) -> the result to write instead
+# Up to this many tasks, push_predictions asks Label Studio for each task's predictions; beyond, for the project's.
+TASKS_ASKED_ONE_BY_ONE = 50
+
+# A running job writes a heartbeat this often, so that one whose worker died is seen as failed (FaceStore.job).
+HEARTBEAT_SECONDS = 5
+
+
 class ReclusterError(ValueError):
-    pass
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status  # the HTTP status POST /recluster answers with
 
 
 def recluster(store: FaceStore, project: str, threshold: float, label_studio: LabelStudioClient | None,
-              progress: Progress) -> dict:
+              output_spec: Callable[[str], OutputSpec], progress: Progress) -> dict:
     """Re-cluster the project's faces (identity numbers carried over), then update its predictions in Label
     Studio when `label_studio` is configured. Returns counts of what changed."""
     progress(0.0, "reading faces")
@@ -42,36 +53,30 @@ def recluster(store: FaceStore, project: str, threshold: float, label_studio: La
     result = store.relabel(project, before, labels)
     if label_studio is not None and label_studio.configured and project.isdigit():  # (not an annotate --project name)
         result["predictions_updated"] = push_predictions(
-            label_studio, store, project, lambda done: progress(0.7 + 0.3 * done, "updating Label Studio"))
+            label_studio, store, project, output_spec, lambda done: progress(0.7 + 0.3 * done, "updating Label Studio"))
     progress(1.0, "done")
     return result
 
 
 def push_predictions(client: LabelStudioClient, store: FaceStore, project: str,
-                     progress: Callable[[float], None]) -> int:
-    """Rewrite the identity of every face in the newest of this backend's predictions of each task to what
-    the store now says; returns how many predictions changed."""
-    control = model.output_spec(_call(client, "GET", f"/api/projects/{project}/")["label_config"]).identities
-    if not control:
+                     output_spec: Callable[[str], OutputSpec], progress: Callable[[float], None],
+                     tasks: Collection[str] | None = None, edit: Edit | None = None) -> int:
+    """Rewrite the identity of every face in the newest of this backend's predictions of each task (of
+    `tasks` only, when given) to what the store now says; returns how many predictions changed.
+
+    edit(task, result) -> result, when given, first changes the regions of a task's prediction (the review
+    page takes the faces it rejected out, and puts them back when that is undone). Annotations are never
+    touched: they are the annotators' own.
+    """
+    spec = output_spec(_call(client, "GET", f"/api/projects/{project}/")["label_config"])
+    if not spec.identities and edit is None:
         return 0
     shown = store.shown_ids(project)
-    newest = {}
-    for prediction in _call(client, "GET", "/api/predictions/", params={"task__project": project}):
-        if str(prediction.get("model_version", "")).startswith("autoannotator-"):
-            task = str(prediction["task"])
-            if task not in newest or prediction["id"] > newest[task]["id"]:
-                newest[task] = prediction
+    newest = _newest_predictions(client, project, tasks)
     updated = 0
     for done, (task, prediction) in enumerate(newest.items(), start=1):
-        result = []
-        for item in prediction["result"]:
-            identity = shown.get((task, str(item.get("id"))))
-            if item.get("from_name") == control[0].name and identity is not None:
-                value = identity_value(control[0], identity)
-                if value is None:  # a Choices control without this id among its choices: leave it to the annotator
-                    continue
-                item = {**item, "value": {**item["value"], **value}}
-            result.append(item)
+        result = edit(task, prediction["result"]) if edit else prediction["result"]
+        result = relabel_identities(result, spec, lambda region: shown.get((task, region)))
         if result != prediction["result"]:
             _call(client, "PATCH", f"/api/predictions/{prediction['id']}/", json={"result": result})
             updated += 1
@@ -79,16 +84,30 @@ def push_predictions(client: LabelStudioClient, store: FaceStore, project: str,
     return updated
 
 
+def _newest_predictions(client: LabelStudioClient, project: str, tasks: Collection[str] | None) -> dict[str, dict]:
+    """{task: the newest of this backend's predictions of it}, for the project's tasks or these. A few tasks
+    are asked for one by one; for more, one listing of the whole project costs less."""
+    if tasks is not None and len(tasks) <= TASKS_ASKED_ONE_BY_ONE:
+        listing = [prediction for task in tasks if task.isdigit()
+                   for prediction in _call(client, "GET", "/api/predictions/", params={"task": task})]
+    else:
+        listing = _call(client, "GET", "/api/predictions/", params={"task__project": project})
+    wanted = None if tasks is None else set(tasks)
+    newest = {}
+    for prediction in listing:
+        task = str(prediction["task"])
+        if str(prediction.get("model_version", "")).startswith("autoannotator-") and (wanted is None or task in wanted):
+            if task not in newest or prediction["id"] > newest[task]["id"]:
+                newest[task] = prediction
+    return newest
+
+
 def _call(client: LabelStudioClient, method: str, path: str, **kwargs):
     try:
-        for refresh in (False, True):  # an access token may expire between two calls: renew it once
-            response = client.session.request(method, client.absolute(path), headers=client.auth_header(refresh),
-                                              timeout=client.timeout, **kwargs)
-            if response.status_code != 401:
-                break
-    except (requests.RequestException, LabelStudioAuthError) as error:
+        response = client.request(method, path, **kwargs)
+    except (requests.RequestException, LabelStudioError) as error:
         raise ReclusterError(f"Label Studio {method} {path}: {error}") from error
-    if response.status_code >= 400:
+    if response.status_code >= 300:  # a redirect off Label Studio comes back unfollowed
         raise ReclusterError(f"Label Studio {method} {path} answered HTTP {response.status_code}: "
                              f"{response.text[:300]}")
     return response.json()
@@ -96,34 +115,41 @@ def _call(client: LabelStudioClient, method: str, path: str, **kwargs):
 
 # The HTTP-triggered job ---------------------------------------------------------------------------
 
-def start_job(body) -> dict:
+def start_job(context: AppContext, body) -> dict:
     """POST /recluster {"project": ID}: the job's status, with the job running in a background thread."""
     project = body.get("project") if isinstance(body, dict) else None
     if isinstance(project, bool) or not isinstance(project, (int, str)) or not str(project).isdigit():
         raise ReclusterError(f"'project' must be a Label Studio project id (a number), got {project!r}")
-    store = model.face_store()
-    job = store.create_job(str(project))
-    threading.Thread(target=_run_job, args=(job, str(project)), name=f"recluster-{job}", daemon=True).start()
-    return store.job(job)
+    job, new = context.store.create_job(str(project))
+    if not new:
+        raise ReclusterError(f"project {project} is being re-clustered already: GET /recluster/{job}", 409)
+    threading.Thread(target=_run_job, args=(context, job, str(project)), name=f"recluster-{job}", daemon=True).start()
+    return context.store.job(job)
 
 
-def _run_job(job: str, project: str) -> None:
-    store = model.face_store()
+def _run_job(context: AppContext, job: str, project: str) -> None:
+    store = context.store
     shown = {"progress": -1.0, "stage": ""}
+    finished = threading.Event()
+
+    def heartbeat():
+        while not finished.wait(HEARTBEAT_SECONDS):
+            store.job_alive(job)
 
     def progress(fraction: float, stage: str) -> None:
         if fraction - shown["progress"] >= 0.01 or stage != shown["stage"]:  # a database write per percent
             shown.update(progress=fraction, stage=stage)
             store.update_job(job, "running", fraction, stage)
 
+    threading.Thread(target=heartbeat, name=f"recluster-{job}-heartbeat", daemon=True).start()
     try:
-        settings = model.settings()
-        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key,
-                                   timeout=settings.fetch_timeout)
-        result = recluster(store, project, model.annotator().identity_distance, client, progress)
+        result = recluster(store, project, context.annotator.identity_distance, context.label_studio,
+                           context.output_spec, progress)
     except Exception as error:  # the job's status is the only place anyone will look
         logger.exception("recluster job %s (project %s) failed", job, project)
         store.update_job(job, "failed", max(shown["progress"], 0.0), f"{type(error).__name__}: {error}")
         return
+    finally:
+        finished.set()
     logger.info("recluster job %s (project %s): %s", job, project, result)
     store.update_job(job, "done", 1.0, "done", result)

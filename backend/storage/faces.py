@@ -2,11 +2,15 @@
 
 Tables (one SQL text for SQLite and PostgreSQL; see dialects.py):
   faces       one row per face box of a task: its box, landmarks, descriptor, identity number, the model
-              version that found it, and whether an annotator confirmed it;
+              version that found it, whether an annotator confirmed it, its quality (how far its descriptor
+              can be trusted: its vote counts that much), and its id: numbered in the order faces are
+              stored, never reused, so that each process's vector index of a project catches up on the
+              faces others stored (vector_index.py);
   identities  one row per person of a project: the name annotators gave it (if any), and the weighted sum
-              of its faces' descriptors (confirmed faces weigh CONFIRMED_WEIGHT), whose direction is the
-              centroid new faces are matched against;
+              of its faces' descriptors (confirmed faces weigh CONFIRMED_WEIGHT);
   projects    the last identity number handed out per project: numbers are never reused;
+  face_sequence the last face id handed out, and the generation of that numbering (one row);
+  annotations the task of each annotation the store learned from (deletion webhooks name only annotations);
   jobs        recluster jobs' status, readable by every worker and replica.
 Every change happens in one transaction holding the project's lock, so concurrent requests about one
 project are applied one after the other, and a killed process leaves either all of a change or none.
@@ -25,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from .dialects import dialect_for
-from .identities import CONFIRMED_WEIGHT, carry_over, face_weights, match_groups, unit
+from .identities import (CONFIRMED_WEIGHT, NEIGHBOURS, assignment_confidence, carry_over, face_weights,
+                         match_groups, unit, vote_weights)
+from .vector_index import FaceIndex
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS projects (
@@ -42,6 +48,7 @@ SCHEMA = (
         UNIQUE (project, name))""",
     """CREATE TABLE IF NOT EXISTS faces (
         project TEXT NOT NULL,
+        id BIGINT NOT NULL,
         task TEXT NOT NULL,
         region TEXT NOT NULL,
         x1 DOUBLE PRECISION NOT NULL,
@@ -53,8 +60,21 @@ SCHEMA = (
         identity INTEGER NOT NULL,
         model_version TEXT NOT NULL,
         confirmed BOOLEAN NOT NULL,
+        quality DOUBLE PRECISION NOT NULL DEFAULT 1,
         PRIMARY KEY (project, task, region))""",
     "CREATE INDEX IF NOT EXISTS faces_by_identity ON faces (project, identity)",
+    # One numbering of faces for all projects: a face id is never reused, not even after its project was
+    # deleted, so no index mistakes a new face for an old one; a recreated database has a new generation.
+    """CREATE TABLE IF NOT EXISTS face_sequence (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        last_face BIGINT NOT NULL,
+        generation TEXT NOT NULL)""",
+    # Which task each annotation that taught the store belongs to: deletions name annotations by id alone.
+    """CREATE TABLE IF NOT EXISTS annotations (
+        project TEXT NOT NULL,
+        annotation TEXT NOT NULL,
+        task TEXT NOT NULL,
+        PRIMARY KEY (project, annotation))""",
     """CREATE TABLE IF NOT EXISTS jobs (
         job TEXT PRIMARY KEY,
         project TEXT NOT NULL,
@@ -63,11 +83,44 @@ SCHEMA = (
         message TEXT NOT NULL,
         result TEXT,
         updated DOUBLE PRECISION NOT NULL)""",
+    # The identity review page (review.py): a small JPEG of each face, and the log its operations are undone from.
+    """CREATE TABLE IF NOT EXISTS thumbnails (
+        project TEXT NOT NULL,
+        task TEXT NOT NULL,
+        region TEXT NOT NULL,
+        jpeg {blob} NOT NULL,
+        PRIMARY KEY (project, task, region))""",
+    """CREATE TABLE IF NOT EXISTS review_log (
+        project TEXT NOT NULL,
+        entry INTEGER NOT NULL,
+        operation TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        changes TEXT NOT NULL,
+        removed TEXT,
+        undone BOOLEAN NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (project, entry))""",
+    # Where each task of a prelabel or annotate run stands (prelabel_state.py): what a resumed run skips.
+    """CREATE TABLE IF NOT EXISTS prelabel_tasks (
+        project TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        task TEXT NOT NULL,
+        status TEXT NOT NULL,
+        prediction TEXT,
+        reason TEXT,
+        updated DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (project, model_version, task))""",
 )
 
 # The ids the store shows for unnamed identities. A name of this form always means identity N, so an
 # annotator cannot give a person a name that another identity is shown as.
 PERSON_ID = re.compile(r"person_(\d+)")
+# A job whose worker has not written for this long died with it (workers write a heartbeat every few seconds).
+JOB_STALE_SECONDS = 60
+# The model_version of faces that annotators drew by hand: nothing but their annotation vouches for them.
+HAND_DRAWN = "hand-drawn"
+# Rows read or looked up per statement (SQLite allows 32766 parameters, PostgreSQL 65535).
+LOOKUP_ROWS = 10_000
 
 
 def display_id(identity: int, name: str | None) -> str:
@@ -85,6 +138,15 @@ class NewFace:
     landmarks: np.ndarray  # (5, 2) pixels, NaN where unknown
     descriptor: np.ndarray  # (D,) unit vector
     group: int  # faces of one request with equal groups are one person (Annotator.identify's labels)
+    quality: float = 1.0  # 0..1, ImageAnnotation.quality: how far its descriptor can be trusted
+
+
+@dataclass
+class Assignment:
+    """The identity a stored face was given, and how much to trust it (identities.assignment_confidence)."""
+
+    identity: str  # display id
+    confidence: float
 
 
 @dataclass
@@ -94,7 +156,8 @@ class AnnotatedFace:
     region: str
     box: np.ndarray  # (4,) pixels
     name: str | None  # the identity text or choice the annotator left on the box
-    descriptor: np.ndarray | None  # from the image, for a box the store does not hold (drawn by hand)
+    # from the image, for a box the store does not hold (drawn by hand) or whose box the annotator moved
+    descriptor: np.ndarray | None
 
 
 @dataclass
@@ -112,9 +175,12 @@ class FaceStore:
     def __init__(self, dialect):
         self.dialect = dialect
         self._local = threading.local()  # one connection per thread: neither driver shares them across threads
+        self._indexes: dict[tuple[str, int], FaceIndex] = {}  # (project, descriptor size) -> its vector index
+        self._indexes_lock = threading.Lock()
         with self._locked("schema") as db:  # several workers may start at once
             for statement in SCHEMA:
                 self._run(db, statement.format(blob=dialect.blob_type))
+            self._number_faces(db)
 
     @classmethod
     def open(cls, database_url: str, data_dir: Path) -> "FaceStore":
@@ -126,31 +192,42 @@ class FaceStore:
     # Predictions ------------------------------------------------------------------------------------
 
     def assign(self, project: str, faces: list[NewFace], model_version: str, threshold: float) -> list[str]:
-        """Store the faces of one request and return each face's display id.
+        """assign_with_confidence's display ids alone."""
+        return [a.identity for a in self.assign_with_confidence(project, faces, model_version, threshold)]
 
-        Each group of faces joins the nearest identity of the project closer than `threshold`, or founds a
-        new one. A task predicted again replaces its earlier predicted faces; its confirmed faces stay.
+    def assign_with_confidence(self, project: str, faces: list[NewFace], model_version: str,
+                               threshold: float) -> list[Assignment]:
+        """Store the faces of one request and return each face's identity and its confidence.
+
+        Each group of faces joins the identity that its nearest stored faces vote for within `threshold`
+        (identities.match_groups; each stored face's vote weighs its quality, and confirmed faces more), or
+        founds a new one; the confidence is the face's quality times how clearly the vote decided.
+        A task predicted again replaces its earlier predicted faces; its confirmed faces stay.
         """
         if not faces:
             return []
         descriptors = unit(np.stack([f.descriptor for f in faces]))
         groups, first_face, group_of = np.unique([f.group for f in faces], return_index=True, return_inverse=True)
-        means = unit(np.stack([descriptors[group_of == g].sum(axis=0) for g in range(len(groups))]))
+        quality = np.array([f.quality for f in faces], dtype=np.float64)
+        thresholds = np.full(len(groups), float(threshold))
         with self._locked(f"project:{project}") as db:
             # Matched before the tasks' earlier faces are forgotten: a task predicted again keeps its ids.
-            numbers, centroids = self._centroids(db, project, descriptors.shape[1])
-            match = match_groups(means, centroids, threshold)
-            self._forget_predictions(db, project, sorted({f.task for f in faces}))
-            chosen = np.zeros(len(groups), dtype=np.int64)
+            joined, distance = self._match(db, project, descriptors, group_of, thresholds)
+            forgotten_ids, forgotten_identities = self._forget_predictions(db, project, sorted({f.task for f in faces}))
+            chosen = joined.copy()
             for g in np.argsort(first_face):  # new people are numbered in the order they first appear
-                chosen[g] = numbers[match[g]] if match[g] >= 0 else self._new_identity(db, project)
+                if joined[g] < 0:
+                    chosen[g] = self._new_identity(db, project)
             identities = chosen[group_of]
-            stored = np.array([self._insert_face(db, project, face, identity, descriptor, model_version, False)
-                               for face, identity, descriptor in zip(faces, identities, descriptors)])
+            stored = np.array([self._insert_face(db, project, face, identity, descriptor, model_version, False, face_id)
+                               for face, identity, descriptor, face_id in zip(
+                                   faces, identities, descriptors, self._face_ids(db, len(faces)))])
             self._shift(db, project, identities[stored], descriptors[stored], weights=1.0, counts=1)
-            self._drop_empty_identities(db, project)
+            self._drop_empty_identities(db, project, forgotten_identities)
             shown = self._display_ids(db, project, identities)
-        return [shown[int(i)] for i in identities]
+        self._unindex(project, forgotten_ids)
+        confidence = assignment_confidence(quality, distance[group_of], thresholds[group_of], joined[group_of])
+        return [Assignment(shown[int(i)], float(c)) for i, c in zip(identities, confidence)]
 
     # Annotators' corrections -------------------------------------------------------------------------
 
@@ -159,15 +236,37 @@ class FaceStore:
                          (project, task)).fetchall()
         return {region for (region,) in rows}
 
-    def learn(self, project: str, task: str, faces: list[AnnotatedFace], model_version: str,
-              threshold: float) -> dict:
+    def boxes(self, project: str, task: str) -> dict[str, np.ndarray]:
+        """{region: (4,) box in pixels} of the task's stored faces."""
+        rows = self._run(self._connection(), "SELECT region, x1, y1, x2, y2 FROM faces WHERE project = ? AND task = ?",
+                         (project, task)).fetchall()
+        return {region: np.array(box, dtype=np.float64) for region, *box in rows}
+
+    def nearest_identity(self, project: str, descriptor: np.ndarray, quality: float,
+                         threshold: float) -> Assignment | None:
+        """What assign_with_confidence would give a face of this descriptor and quality alone in its request,
+        without storing it: the identity it joins and the confidence; None where it would found a new one."""
+        quality = np.array([quality], dtype=np.float64)
+        thresholds = np.array([threshold], dtype=np.float64)
+        db = self._connection()
+        joined, distance = self._match(db, project, unit(descriptor)[None], np.zeros(1, np.int64), thresholds)
+        if joined[0] < 0:
+            return None
+        [confidence] = assignment_confidence(quality, distance, thresholds, joined)
+        return Assignment(self._display_ids(db, project, joined)[int(joined[0])], float(confidence))
+
+    def learn(self, project: str, task: str, faces: list[AnnotatedFace], threshold: float,
+              annotation: str | None = None) -> dict:
         """Make the store agree with an annotation of `task` that a person submitted: `faces` are all its
         face boxes. Boxes gone from it leave the store; every box in it is confirmed; a name on a box
         names its identity, or moves the face to the identity of that name; a box the store does not
         know is treated as a face of its nearest identity (if one is closer than `threshold`), or of a new
-        one."""
+        one; a box it knows that comes with a descriptor (the annotator moved it) is described by that one."""
         summary = {"confirmed": 0, "moved": 0, "renamed": 0, "added": 0, "deleted": 0, "skipped": 0}
         with self._locked(f"project:{project}") as db:
+            if annotation is not None:
+                self._run(db, "INSERT INTO annotations (project, annotation, task) VALUES (?, ?, ?) "
+                              "ON CONFLICT (project, annotation) DO NOTHING", (project, annotation, task))
             stored = {region: (identity, bool(confirmed), _array(descriptor))
                       for region, identity, confirmed, descriptor in self._run(
                           db, "SELECT region, identity, confirmed, descriptor FROM faces "
@@ -184,21 +283,25 @@ class FaceStore:
                     identity, confirmed, descriptor = stored[face.region]
                     target, renamed = self._identity_named(db, project, face.name, identity)
                     self._shift(db, project, [identity], [descriptor], weights=-face_weights(confirmed), counts=-1)
+                    face_id = None
+                    if face.descriptor is not None:  # the box was moved: its face is described anew
+                        descriptor = unit(face.descriptor)
+                        [face_id] = self._face_ids(db, 1)  # a new id: indexes learn the new descriptor
                     self._shift(db, project, [target], [descriptor], weights=CONFIRMED_WEIGHT, counts=1)
-                    self._run(db, "UPDATE faces SET identity = ?, confirmed = ?, x1 = ?, y1 = ?, x2 = ?, y2 = ? "
-                                  "WHERE project = ? AND task = ? AND region = ?",
-                              (target, True, *map(float, face.box), project, task, face.region))
+                    self._run(db, "UPDATE faces SET identity = ?, confirmed = ?, x1 = ?, y1 = ?, x2 = ?, y2 = ?, "
+                                  "descriptor = ?, id = COALESCE(?, id) WHERE project = ? AND task = ? AND region = ?",
+                              (target, True, *map(float, face.box), _blob(descriptor, np.float32),
+                               None if face_id is None else int(face_id), project, task, face.region))
                     summary["moved"] += target != identity
                 elif face.descriptor is not None:
                     descriptor = unit(face.descriptor)
-                    numbers, centroids = self._centroids(db, project, len(descriptor))
-                    [match] = match_groups(descriptor[None], centroids, threshold)
-                    nearest = int(numbers[match]) if match >= 0 else None
-                    target, renamed = self._identity_named(db, project, face.name, nearest)
+                    [match], _ = self._match(db, project, descriptor[None], np.zeros(1, np.int64),
+                                             np.array([threshold]))
+                    target, renamed = self._identity_named(db, project, face.name, int(match) if match >= 0 else None)
                     if target is None:
                         target = self._new_identity(db, project)
                     new = NewFace(task, face.region, face.box, np.full((5, 2), np.nan), descriptor, 0)
-                    self._insert_face(db, project, new, target, descriptor, model_version, True)
+                    self._insert_face(db, project, new, target, descriptor, HAND_DRAWN, True)
                     self._shift(db, project, [target], [descriptor], weights=CONFIRMED_WEIGHT, counts=1)
                     summary["added"] += 1
                 else:
@@ -208,6 +311,61 @@ class FaceStore:
                 summary["renamed"] += renamed
             self._drop_empty_identities(db, project)
         return summary
+
+    def unlearn(self, project: str, annotations: list[str]) -> dict:
+        """Take back what deleted annotations taught: in each of their tasks that has no other annotation
+        left, faces drawn by hand leave the store and predicted faces are no longer confirmed."""
+        with self._locked(f"project:{project}") as db:
+            marks = ", ".join("?" * len(annotations))
+            tasks = sorted({task for (task,) in self._run(
+                db, f"SELECT task FROM annotations WHERE project = ? AND annotation IN ({marks})",
+                (project, *annotations)).fetchall()}) if annotations else []
+            self._run(db, f"DELETE FROM annotations WHERE project = ? AND annotation IN ({marks})",
+                      (project, *annotations)) if annotations else None
+            summary = {"unconfirmed": 0, "deleted": 0}
+            for task in tasks:
+                if self._run(db, "SELECT 1 FROM annotations WHERE project = ? AND task = ?",
+                             (project, task)).fetchone():
+                    continue  # another annotation of the task still says what its faces are
+                for region, identity, descriptor, predicted in self._run(
+                        db, "SELECT region, identity, descriptor, model_version <> ? FROM faces "
+                            "WHERE project = ? AND task = ? AND confirmed", (HAND_DRAWN, project, task)).fetchall():
+                    self._shift(db, project, [identity], [_array(descriptor)], weights=-CONFIRMED_WEIGHT, counts=-1)
+                    if predicted:
+                        self._shift(db, project, [identity], [_array(descriptor)], weights=1.0, counts=1)
+                        self._run(db, "UPDATE faces SET confirmed = ? WHERE project = ? AND task = ? AND region = ?",
+                                  (False, project, task, region))
+                        summary["unconfirmed"] += 1
+                    else:
+                        self._run(db, "DELETE FROM faces WHERE project = ? AND task = ? AND region = ?",
+                                  (project, task, region))
+                        summary["deleted"] += 1
+            self._drop_empty_identities(db, project)
+        return summary
+
+    def forget_tasks(self, project: str, tasks: list[str]) -> dict:
+        """Deleted tasks: their faces leave the store and their identities."""
+        if not tasks:
+            return {"deleted": 0}
+        marks = ", ".join("?" * len(tasks))
+        with self._locked(f"project:{project}") as db:
+            rows = self._run(db, f"SELECT identity, confirmed, descriptor FROM faces WHERE project = ? "
+                                 f"AND task IN ({marks})", (project, *tasks)).fetchall()
+            if rows:
+                self._shift(db, project, [r[0] for r in rows], [_array(r[2]) for r in rows],
+                            weights=-face_weights([bool(r[1]) for r in rows]), counts=-1)
+            for table in ("faces", "annotations", "thumbnails"):
+                self._run(db, f"DELETE FROM {table} WHERE project = ? AND task IN ({marks})", (project, *tasks))
+            self._drop_empty_identities(db, project)
+        return {"deleted": len(rows)}
+
+    def forget_project(self, project: str) -> dict:
+        """A deleted project: everything the store holds about it."""
+        with self._locked(f"project:{project}") as db:
+            [(faces,)] = self._run(db, "SELECT COUNT(*) FROM faces WHERE project = ?", (project,)).fetchall()
+            for table in ("faces", "identities", "annotations", "projects", "jobs", "thumbnails", "review_log"):
+                self._run(db, f"DELETE FROM {table} WHERE project = ?", (project,))
+        return {"deleted": faces}
 
     def _identity_named(self, db, project: str, name: str | None, current: int | None) -> tuple[int | None, bool]:
         """The identity a face belongs to when an annotator wrote `name` on it, and whether `current` was
@@ -280,11 +438,19 @@ class FaceStore:
 
     # Jobs -------------------------------------------------------------------------------------------
 
-    def create_job(self, project: str) -> str:
-        job = uuid.uuid4().hex[:12]
-        self._run(self._connection(), "INSERT INTO jobs (job, project, status, progress, message, updated) "
-                                      "VALUES (?, ?, ?, ?, ?, ?)", (job, project, "queued", 0.0, "", time.time()))
-        return job
+    def create_job(self, project: str) -> tuple[str, bool]:
+        """A new queued job for the project, or the one still running for it: (job id, whether it is new).
+        A project has at most one job at a time: two would re-cluster the same faces against each other."""
+        with self._locked(f"project:{project}") as db:
+            self._fail_stale_jobs(db, project)
+            running = self._run(db, "SELECT job FROM jobs WHERE project = ? AND status IN ('queued', 'running')",
+                                (project,)).fetchone()
+            if running:
+                return running[0], False
+            job = uuid.uuid4().hex[:12]
+            self._run(db, "INSERT INTO jobs (job, project, status, progress, message, updated) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (job, project, "queued", 0.0, "", time.time()))
+        return job, True
 
     def update_job(self, job: str, status: str, progress: float, message: str = "", result: dict | None = None):
         """message: what the job is doing, or why it failed; result: what it did, once done."""
@@ -293,13 +459,27 @@ class FaceStore:
                   (status, round(float(progress), 4), message, json.dumps(result) if result is not None else None,
                    time.time(), job))
 
+    def job_alive(self, job: str) -> None:
+        """A running job's heartbeat: a job not heard from for JOB_STALE_SECONDS is taken as dead."""
+        self._run(self._connection(), "UPDATE jobs SET updated = ? WHERE job = ?", (time.time(), job))
+
     def job(self, job: str) -> dict | None:
-        row = self._run(self._connection(), "SELECT job, project, status, progress, message, result, updated "
-                                            "FROM jobs WHERE job = ?", (job,)).fetchone()
+        columns = ("job", "project", "status", "progress", "message", "result", "updated")
+        row = self._run(self._connection(), f"SELECT {', '.join(columns)} FROM jobs WHERE job = ?", (job,)).fetchone()
         if row is None:
             return None
-        status = dict(zip(("job", "project", "status", "progress", "message", "result", "updated"), row))
+        status = dict(zip(columns, row))
+        if status["status"] in ("queued", "running") and time.time() - status["updated"] > JOB_STALE_SECONDS:
+            with self._locked(f"project:{status['project']}") as db:
+                self._fail_stale_jobs(db, status["project"])
+            return self.job(job)
         return {**status, "result": json.loads(status["result"]) if status["result"] else None}
+
+    def _fail_stale_jobs(self, db, project: str) -> None:
+        self._run(db, "UPDATE jobs SET status = 'failed', message = ? WHERE project = ? AND status IN "
+                      "('queued', 'running') AND updated < ?",
+                  (f"the worker running it stopped (no heartbeat for {JOB_STALE_SECONDS} s)", project,
+                   time.time() - JOB_STALE_SECONDS))
 
     # Plumbing ---------------------------------------------------------------------------------------
 
@@ -335,34 +515,117 @@ class FaceStore:
                       "VALUES (?, ?, ?, 0, 0, ?)", (project, number, name, b""))
         return number
 
-    def _insert_face(self, db, project, face: NewFace, identity, descriptor, model_version, confirmed) -> bool:
-        """False when the task already holds a confirmed face under this region id: the annotator's stays."""
+    def _insert_face(self, db, project, face: NewFace, identity, descriptor, model_version, confirmed,
+                     face_id: int | None = None) -> bool:
+        """False when the task already holds a confirmed face under this region id: the annotator's stays.
+        face_id: one of _face_ids (a new one when not given)."""
+        if face_id is None:
+            [face_id] = self._face_ids(db, 1)
         cursor = self._run(
-            db, "INSERT INTO faces (project, task, region, x1, y1, x2, y2, landmarks, descriptor, identity, "
-                "model_version, confirmed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            db, "INSERT INTO faces (project, id, task, region, x1, y1, x2, y2, landmarks, descriptor, identity, "
+                "model_version, confirmed, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (project, task, region) DO NOTHING",
-            (project, face.task, face.region, *map(float, face.box), _blob(face.landmarks, np.float32),
-             _blob(descriptor, np.float32), int(identity), model_version, confirmed))
+            (project, int(face_id), face.task, face.region, *map(float, face.box), _blob(face.landmarks, np.float32),
+             _blob(descriptor, np.float32), int(identity), model_version, confirmed, float(face.quality)))
         return cursor.rowcount == 1
 
-    def _forget_predictions(self, db, project: str, tasks: list[str]) -> None:
+    def _face_ids(self, db, count: int) -> np.ndarray:
+        """`count` new face ids, above every id ever handed out. The sequence's row stays locked until the
+        transaction ends, so faces become visible in the order of their ids (see vector_index.py); other
+        projects' writers wait for it only from here to the commit."""
+        [last] = self._run(db, "INSERT INTO face_sequence (one, last_face, generation) VALUES (1, ?, ?) "
+                               "ON CONFLICT (one) DO UPDATE SET last_face = face_sequence.last_face + ? "
+                               "RETURNING last_face", (count, uuid.uuid4().hex, count)).fetchone()
+        return np.arange(last - count + 1, last + 1, dtype=np.int64)
+
+    def _forget_predictions(self, db, project: str, tasks: list[str]) -> tuple[list[int], list[int]]:
+        """Delete the tasks' predicted faces; returns their ids and identities."""
         marks = ", ".join("?" * len(tasks))
-        rows = self._run(db, f"SELECT identity, descriptor FROM faces WHERE project = ? AND task IN ({marks}) "
+        rows = self._run(db, f"SELECT id, identity, descriptor FROM faces WHERE project = ? AND task IN ({marks}) "
                              "AND NOT confirmed", (project, *tasks)).fetchall()
         if rows:
-            self._shift(db, project, [r[0] for r in rows], [_array(r[1]) for r in rows], weights=-1.0, counts=-1)
+            self._shift(db, project, [r[1] for r in rows], [_array(r[2]) for r in rows], weights=-1.0, counts=-1)
             self._run(db, f"DELETE FROM faces WHERE project = ? AND task IN ({marks}) AND NOT confirmed",
                       (project, *tasks))
+        return [r[0] for r in rows], [r[1] for r in rows]
 
-    def _centroids(self, db, project: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Numbers and unit centroids of the identities whose descriptors have `dim` values: faces described
-        by another descriptor model (the project's models changed) cannot be compared with these."""
-        rows = [row for row in self._run(db, "SELECT identity, descriptor_sum FROM identities "
-                                             "WHERE project = ? AND faces > 0", (project,)).fetchall()
-                if len(row[1]) == dim * 8]
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, dim))
-        return np.array([r[0] for r in rows]), unit(np.stack([_array(r[1], np.float64) for r in rows]))
+    # Nearest faces ----------------------------------------------------------------------------------
+
+    def _match(self, db, project: str, descriptors: np.ndarray, group_of: np.ndarray,
+               thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """identities.match_groups against the project's stored faces of the same descriptor size: faces
+        described by another model (the project's models changed) cannot be compared with these."""
+        ids = np.full((len(descriptors), NEIGHBOURS), -1, np.int64)
+        similarities = np.full(ids.shape, -np.inf)
+        index = self._index(db, project, descriptors.shape[1])
+        if index is not None:
+            ids, similarities = index.search(descriptors, NEIGHBOURS)
+        found = np.unique(ids[ids >= 0])
+        rows = []
+        for start in range(0, len(found), LOOKUP_ROWS):
+            chunk = found[start:start + LOOKUP_ROWS].tolist()
+            # By id alone, through its unique index: a plan that cannot go wrong on a project that grew since
+            # PostgreSQL last gathered statistics (with `project = ?`, it scanned all of a new project's faces).
+            rows += self._run(db, f"SELECT id, identity, confirmed, quality FROM faces WHERE id IN "
+                                  f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+        if len(rows) < len(found):  # deleted since this index learned them
+            index.remove(np.setdiff1d(found, [r[0] for r in rows]))
+        identity_of = {face_id: (identity, bool(confirmed), quality) for face_id, identity, confirmed, quality in rows}
+        neighbours = [identity_of.get(face_id, (-1, False, 1.0)) for face_id in ids.ravel().tolist()]
+        identities = np.array([n[0] for n in neighbours], dtype=np.int64).reshape(ids.shape)
+        weights = vote_weights([n[1] for n in neighbours], [n[2] for n in neighbours]).reshape(ids.shape)
+        distances = np.where(identities >= 0, 1.0 - similarities, np.inf)
+        return match_groups(group_of, thresholds, identities, weights, distances)
+
+    def _index(self, db, project: str, dim: int) -> FaceIndex | None:
+        """The project's vector index of `dim`-value descriptors, caught up with every face stored so far
+        (see vector_index.py for why this sees all of them, with or without the project's lock held)."""
+        sequence = self._run(db, "SELECT last_face, generation FROM face_sequence").fetchone()
+        if sequence is None:
+            return None
+        last, generation = sequence
+        with self._indexes_lock:
+            index = self._indexes.get((project, dim))
+            if index is None or index.generation != generation:
+                index = self._indexes[(project, dim)] = FaceIndex(dim, generation)
+        with index.lock:
+            if last > index.last_id:
+                cursor = self._run(db, "SELECT id, descriptor FROM faces WHERE project = ? AND id > ? AND id <= ?",
+                                   (project, index.last_id, last))
+                while rows := cursor.fetchmany(LOOKUP_ROWS):
+                    rows = [(face_id, descriptor) for face_id, descriptor in rows if len(descriptor) == dim * 4]
+                    if rows:
+                        index.add(np.array([r[0] for r in rows], dtype=np.int64),
+                                  np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim))
+                index.last_id = last
+        return index
+
+    def _unindex(self, project: str, face_ids) -> None:
+        """Faces this process deleted, once the deletion is committed (before, a rollback would leave the
+        index without faces the database still has)."""
+        if len(face_ids):
+            with self._indexes_lock:
+                indexes = [index for (indexed, _), index in self._indexes.items() if indexed == project]
+            for index in indexes:
+                index.remove(face_ids)
+
+    def _number_faces(self, db) -> None:
+        """Give the faces of a store created before faces had ids and qualities their ids (in project and
+        task order) and quality 1; then index the ids."""
+        columns = {column[0] for column in self._run(db, "SELECT * FROM faces LIMIT 0").description}
+        if "quality" not in columns:
+            self._run(db, "ALTER TABLE faces ADD COLUMN quality DOUBLE PRECISION NOT NULL DEFAULT 1")
+        if "id" not in columns:
+            self._run(db, "ALTER TABLE faces ADD COLUMN id BIGINT")
+            self._run(db, "UPDATE faces SET id = numbered.n FROM (SELECT project, task, region, ROW_NUMBER() OVER "
+                          "(ORDER BY project, task, region) AS n FROM faces) AS numbered WHERE "
+                          "faces.project = numbered.project AND faces.task = numbered.task AND "
+                          "faces.region = numbered.region")
+            [(last,)] = self._run(db, "SELECT COALESCE(MAX(id), 0) FROM faces").fetchall()
+            self._run(db, "INSERT INTO face_sequence (one, last_face, generation) VALUES (1, ?, ?) ON CONFLICT (one) "
+                          "DO UPDATE SET last_face = ?", (last, uuid.uuid4().hex, last))
+        self._run(db, "CREATE UNIQUE INDEX IF NOT EXISTS faces_by_id ON faces (id)")
+        self._run(db, "CREATE INDEX IF NOT EXISTS faces_by_project_id ON faces (project, id)")
 
     def _shift(self, db, project, identities, descriptors, weights, counts) -> None:
         """Add faces to (positive weights) or take them from (negative) their identities' sums and counts."""
@@ -404,8 +667,14 @@ class FaceStore:
                            numbers, np.bincount(index), np.bincount(index, weights), totals)])
         self._drop_empty_identities(db, project)
 
-    def _drop_empty_identities(self, db, project: str) -> None:
-        self._run(db, "DELETE FROM identities WHERE project = ? AND faces <= 0", (project,))
+    def _drop_empty_identities(self, db, project: str, identities=None) -> None:
+        """Of the project's identities, or only of these (a request touches few of a large project's)."""
+        if identities is None:
+            self._run(db, "DELETE FROM identities WHERE project = ? AND faces <= 0", (project,))
+        elif len(identities):
+            numbers = sorted({int(i) for i in identities})
+            self._run(db, f"DELETE FROM identities WHERE project = ? AND faces <= 0 AND identity IN "
+                          f"({', '.join('?' * len(numbers))})", (project, *numbers))
 
     def _display_ids(self, db, project: str, identities) -> dict[int, str]:
         numbers = sorted({int(i) for i in identities})

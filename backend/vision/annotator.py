@@ -20,6 +20,8 @@ class ImageAnnotation:
     faces: Detections
     descriptors: np.ndarray  # (faces, D) unit vectors
     quality: np.ndarray  # (faces,) 0..1, see quality.face_quality
+    # persons.landmarks: each person's 17 body keypoints (N, 17, 2) in BODY_KEYPOINT_NAMES order, fused from the
+    # members that give them (MoveNet), NaN where no member found a point; all NaN when none gives keypoints.
     persons: Detections
 
 

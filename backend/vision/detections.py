@@ -10,22 +10,46 @@ CLASS_NAMES = ("face", "person")
 
 # The five-point landmark order used everywhere (insightface / ArcFace convention, image left/right).
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-# Which landmark a point becomes after a horizontal flip: the eyes and mouth corners swap.
-FLIP_LANDMARK_ORDER = (1, 0, 2, 4, 3)
 NUM_LANDMARKS = len(LANDMARK_NAMES)
+# COCO's 17 body keypoints, in COCO's order (as multi-person pose models such as MoveNet give them).
+BODY_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)
+# The point sets a Detections can carry, told apart by their size: faces have 5 landmarks, persons 17 keypoints.
+POINT_NAMES = {NUM_LANDMARKS: LANDMARK_NAMES, len(BODY_KEYPOINT_NAMES): BODY_KEYPOINT_NAMES}
 
 
-def _no_landmarks(n: int) -> np.ndarray:
-    return np.full((n, NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
+def mirrored_order(names: tuple[str, ...]) -> list[int]:
+    """For each point after a horizontal flip, the index of the point it was: left and right swap names."""
+    swap = {"left": "right", "right": "left"}
+    mirrored = ["_".join(swap.get(part, part) for part in name.split("_")) for name in names]
+    return [names.index(name) for name in mirrored]
+
+
+def _no_landmarks(n: int, count: int = NUM_LANDMARKS) -> np.ndarray:
+    return np.full((n, count, 2), np.nan, dtype=np.float32)
+
+
+def _checked(name: str, value, expected: str, shape_ok) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float32)
+    if not shape_ok(array.shape):
+        raise ValueError(f"Detections.{name}: expected shape {expected}, got {array.shape}")
+    return array
 
 
 @dataclass
 class Detections:
     """Parallel arrays for N objects in one image, in pixels of that image.
 
-    boxes: (N, 4) x1, y1, x2, y2; scores: (N,); labels: (N,) FACE or PERSON;
-    landmarks: (N, 5, 2) x, y in LANDMARK_NAMES order, NaN where a model does not predict a point
-    (so detectors with different landmark sets can be fused point by point).
+    boxes: (N, 4) x1, y1, x2, y2; scores: (N,); labels: (N,) FACE or PERSON (or one label for all);
+    landmarks: (N, K, 2) x, y of K points per object, NaN where a model does not predict a point (so
+    detectors with different point sets can be fused point by point): faces have the 5 LANDMARK_NAMES,
+    persons may have the 17 BODY_KEYPOINT_NAMES. Left out, it is (N, 5, 2) NaN.
+
+    Arrays of any other shape are refused with a ValueError rather than reshaped: a (4,) box or an (N, 10)
+    landmark array is a bug in the model adapter, which a reshape would hide or turn into wrong coordinates.
     """
 
     boxes: np.ndarray
@@ -34,13 +58,17 @@ class Detections:
     landmarks: np.ndarray = field(default=None)
 
     def __post_init__(self):
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.boxes = _checked("boxes", self.boxes, "(N, 4)", lambda shape: len(shape) == 2 and shape[1] == 4)
         n = len(self.boxes)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(n)
-        self.labels = np.broadcast_to(np.asarray(self.labels, dtype=np.int64), (n,)).copy()
+        self.scores = _checked("scores", self.scores, f"({n},) for {n} boxes", lambda shape: shape == (n,))
+        labels = np.asarray(self.labels)
+        if labels.shape not in ((), (n,)):
+            raise ValueError(f"Detections.labels: expected shape ({n},) for {n} boxes or one label, got {labels.shape}")
+        self.labels = np.broadcast_to(labels.astype(np.int64), (n,)).copy()
         if self.landmarks is None:
             self.landmarks = _no_landmarks(n)
-        self.landmarks = np.asarray(self.landmarks, dtype=np.float32).reshape(n, NUM_LANDMARKS, 2)
+        self.landmarks = _checked("landmarks", self.landmarks, f"({n}, K, 2) for {n} boxes",
+                                  lambda shape: len(shape) == 3 and shape[0] == n and shape[2] == 2)
 
     @classmethod
     def empty(cls) -> "Detections":
@@ -48,13 +76,21 @@ class Detections:
 
     @classmethod
     def concat(cls, parts: list["Detections"]) -> "Detections":
+        """All objects of the parts, in order. Parts must carry the same number of points per object, except
+        parts that know none of their points (a detector without landmarks): they take the others' count."""
         if not parts:
             return cls.empty()
+        known = {p.landmarks.shape[1] for p in parts if not np.isnan(p.landmarks).all()}
+        if len(known) > 1:
+            raise ValueError(f"cannot concatenate detections with {' and '.join(map(str, sorted(known)))} points "
+                             "per object")
+        count = known.pop() if known else parts[0].landmarks.shape[1]
         return cls(
             np.concatenate([p.boxes for p in parts]),
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.labels for p in parts]),
-            np.concatenate([p.landmarks for p in parts]),
+            np.concatenate([p.landmarks if p.landmarks.shape[1] == count else _no_landmarks(len(p), count)
+                            for p in parts]),
         )
 
     def __len__(self) -> int:
@@ -68,7 +104,7 @@ class Detections:
 
     @property
     def has_landmarks(self) -> np.ndarray:
-        """(N,) True where all five landmarks are known."""
+        """(N,) True where all the points (the five landmarks of a face) are known."""
         return ~np.isnan(self.landmarks).any(axis=(1, 2))
 
     def scaled(self, scale_x: float, scale_y: float, offset_x: float = 0.0, offset_y: float = 0.0) -> "Detections":
@@ -79,10 +115,17 @@ class Detections:
         return Detections(boxes, self.scores, self.labels, self.landmarks * scale + offset)
 
     def flipped(self, width: int) -> "Detections":
-        """Mirror horizontally in an image of the given width; left and right landmarks swap names."""
+        """Mirror horizontally in an image of the given width; left and right points swap names."""
         boxes = self.boxes.copy()
         boxes[:, [0, 2]] = width - self.boxes[:, [2, 0]]
-        landmarks = self.landmarks[:, FLIP_LANDMARK_ORDER].copy()
+        count = self.landmarks.shape[1]
+        if count in POINT_NAMES:
+            landmarks = self.landmarks[:, mirrored_order(POINT_NAMES[count])].copy()
+        elif np.isnan(self.landmarks).all():
+            landmarks = self.landmarks.copy()
+        else:
+            raise ValueError(f"cannot mirror {count} points per object: which are left and right is known for "
+                             f"{sorted(POINT_NAMES)} points")
         landmarks[..., 0] = width - landmarks[..., 0]
         return Detections(boxes, self.scores, self.labels, landmarks)
 

@@ -1,10 +1,16 @@
 """Weighted boxes fusion (Solovyev, Wang, Gabruseva: "Weighted boxes fusion: Ensembling boxes from
-different object detection models", 2021), extended to fuse five-point landmarks the same way as boxes.
+different object detection models", 2021), extended to fuse landmarks (or body keypoints) the same way as
+boxes.
 
 Unlike NMS, which keeps one box of a group and throws the others away, WBF averages the coordinates of
 all boxes that overlap, weighted by their scores, and then lowers the fused score when only some of the
 models voted for it: a box that every model found keeps its score, a box that one model in three found
 keeps a third of it.
+
+The scores are those of the paper's reference implementation (the `ensemble-boxes` package, checked
+against it in tests/test_fusion.py) for every conf_type, with one difference: a score is capped at 1. The
+reference lets an `avg` score pass 1 when one model with a weight above the others puts several boxes
+into one cluster; a confidence above 1 means nothing to an annotator.
 """
 from __future__ import annotations
 
@@ -26,41 +32,49 @@ def fuse_boxes(
 ) -> Detections:
     """Fuse the detections of several models (or test-time augmentations) of one image.
 
-    predictions: one Detections per model, all in the same pixel coordinates.
-    weights: one weight per model (default 1 each); a model's scores are multiplied by its weight.
+    predictions: one Detections per model, all in the same pixel coordinates; each label is fused apart from
+      the others (faces with their 5 landmarks, persons with their keypoints).
+    weights: one positive weight per model (default 1 each); a model's scores are multiplied by its weight.
     iou_thr: a box joins a cluster when its IoU with the cluster's fused box is above this.
-    skip_box_thr: boxes scoring below this (before weighting) are ignored.
-    conf_type: how the cluster score is formed, as named in the paper's reference implementation.
+    skip_box_thr: boxes scoring below this (before weighting) are ignored, and so are boxes of no area.
+    conf_type: how a cluster's score is formed from its members' weighted scores s (model weight times
+      score), as the reference implementation names them; n boxes in the cluster, M models, W the sum of
+      all model weights:
+      - avg: mean(s) * min(n, M) / W: a box found by few models is scored down;
+      - max: max(s) / the largest model weight;
+      - box_and_model_avg: sum(s) / (the weights of the cluster's boxes) * (the weights of the distinct
+        models among them) / W: the weighted mean score, scaled by the share of the models' weight that
+        voted;
+      - absent_model_aware_avg: sum(s) / ((the weights of the cluster's boxes) + (the weights of the
+        models with no box in it)): a missing model counts as a vote of score 0.
     """
     if conf_type not in CONF_TYPES:
         raise ValueError(f"conf_type must be one of {CONF_TYPES}, got {conf_type!r}")
-    weights = np.ones(len(predictions), dtype=np.float32) if weights is None else np.asarray(weights, np.float32)
-    if len(weights) != len(predictions):
-        raise ValueError(f"{len(weights)} weights for {len(predictions)} predictions")
+    weights = np.ones(len(predictions), dtype=np.float64) if weights is None else np.asarray(weights, np.float64)
+    if weights.shape != (len(predictions),):
+        raise ValueError(f"{weights.size} weights for {len(predictions)} predictions")
+    if (weights <= 0).any():
+        raise ValueError(f"weights must be positive, got {weights.tolist()}")
 
-    members = []  # (Detections of one model above the threshold, model index)
-    for model_index, det in enumerate(predictions):
-        kept = det[det.scores >= skip_box_thr]
-        members.append((kept, np.full(len(kept), model_index)))
-    if not members:
-        return Detections.empty()
-    all_det = Detections.concat([m[0] for m in members])
-    model_of = np.concatenate([m[1] for m in members]).astype(np.int64)
-    weighted_scores = all_det.scores * weights[model_of]
-
+    kept = [det[(det.scores >= skip_box_thr) & (det.areas > 0)] for det in predictions]
     fused = []
-    for label in np.unique(all_det.labels):
-        idx = np.flatnonzero(all_det.labels == label)
-        idx = idx[np.argsort(-weighted_scores[idx], kind="stable")]
-        fused.append(_fuse_one_label(all_det, weighted_scores, model_of, idx, weights, iou_thr, conf_type, label))
+    for label in np.unique(np.concatenate([np.zeros(0, np.int64), *(det.labels for det in kept)])):
+        parts = [det[det.labels == label] for det in kept]
+        model_of = np.concatenate([np.full(len(part), index) for index, part in enumerate(parts)])
+        fused.append(_fuse_one_label(Detections.concat(parts), model_of, weights, iou_thr, conf_type, label))
     result = Detections.concat(fused)
     return result[np.argsort(-result.scores, kind="stable")]
 
 
-def _fuse_one_label(det, weighted_scores, model_of, order, weights, iou_thr, conf_type, label) -> Detections:
+def _fuse_one_label(det: Detections, model_of: np.ndarray, weights: np.ndarray, iou_thr: float, conf_type: str,
+                    label: int) -> Detections:
+    box_weights = weights[model_of]
+    weighted_scores = det.scores * box_weights
     clusters: list[list[int]] = []
     fused_boxes = np.zeros((0, 4), dtype=np.float32)
-    for i in order:
+    # Each box, best first, joins the cluster whose fused box it overlaps most, or starts one. (Equal scores
+    # keep the models' order; the reference leaves their order to numpy's unstable sort.)
+    for i in np.argsort(-weighted_scores, kind="stable"):
         match = -1
         if len(fused_boxes):
             ious = box_iou(det.boxes[i], fused_boxes)[0]
@@ -74,34 +88,37 @@ def _fuse_one_label(det, weighted_scores, model_of, order, weights, iou_thr, con
             clusters[match].append(i)
             fused_boxes[match] = _weighted_mean(det.boxes[clusters[match]], weighted_scores[clusters[match]])
 
-    n_models = len(weights)
-    boxes, scores, landmarks = [], [], []
-    for members in clusters:
-        s = weighted_scores[members]
-        boxes.append(_weighted_mean(det.boxes[members], s))
-        landmarks.append(_fuse_landmarks(det.landmarks[members], s))
-        member_models = np.unique(model_of[members])
-        if conf_type == "max":
-            score = s.max() / weights.max()
-        elif conf_type == "box_and_model_avg":
-            score = s.mean() * min(len(members), n_models) / weights.sum()
-            score *= weights[member_models].sum() / weights.sum() * n_models / max(len(member_models), 1)
-        elif conf_type == "absent_model_aware_avg":
-            absent = np.setdiff1d(np.arange(n_models), member_models)
-            score = s.sum() / (weights[member_models].sum() + weights[absent].sum())
-        else:  # avg: the mean score, scaled down by the share of votes the cluster got
-            score = s.mean() * min(len(members), n_models) / weights.sum()
-        scores.append(min(float(score), 1.0))
-    return Detections(np.array(boxes), np.array(scores), label, np.array(landmarks))
+    scores = [_cluster_score(weighted_scores[m], box_weights[m], np.unique(model_of[m]), weights, conf_type)
+              for m in clusters]
+    landmarks = [_fuse_landmarks(det.landmarks[m], weighted_scores[m]) for m in clusters]
+    return Detections(fused_boxes, np.minimum(scores, 1.0), label, np.stack(landmarks))
+
+
+def _cluster_score(scores: np.ndarray, box_weights: np.ndarray, models: np.ndarray, weights: np.ndarray,
+                   conf_type: str) -> float:
+    """scores: the members' weighted scores; box_weights: their models' weights; models: the distinct models
+    among them. See fuse_boxes for the formulas."""
+    if conf_type == "max":
+        return float(scores.max() / weights.max())
+    if conf_type == "box_and_model_avg":
+        return float(scores.sum() / box_weights.sum() * weights[models].sum() / weights.sum())
+    if conf_type == "absent_model_aware_avg":
+        absent = weights.sum() - weights[models].sum()
+        return float(scores.sum() / (box_weights.sum() + absent))
+    return float(scores.mean() * min(len(scores), len(weights)) / weights.sum())
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return (values * weights.reshape(-1, *([1] * (values.ndim - 1)))).sum(axis=0) / max(weights.sum(), 1e-9)
+    """Mean of values along the first axis, weighted; the plain mean when every weight is 0."""
+    total = weights.sum()
+    if total <= 0:
+        return values.mean(axis=0)
+    return (values * weights.reshape(-1, *([1] * (values.ndim - 1)))).sum(axis=0) / total
 
 
 def _fuse_landmarks(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average each landmark over the members that predict it; NaN where none does."""
-    known = ~np.isnan(points[..., 0])  # (M, 5)
+    """Average each point over the members that predict it; NaN where none does. points: (M, K, 2)."""
+    known = ~np.isnan(points[..., 0])  # (M, K)
     w = weights[:, None] * known
     total = w.sum(axis=0)
     summed = (np.nan_to_num(points) * w[..., None]).sum(axis=0)

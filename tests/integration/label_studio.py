@@ -13,7 +13,9 @@ user may hold one only: a second call answers 409, so keep it) and exchanges it 
 """
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -204,12 +206,20 @@ class LabelStudio:
     def tasks(self, project_id: int) -> list[dict]:
         return self.api("GET", f"/api/tasks?project={project_id}&page_size=1000").json()["tasks"]
 
-    def connect_ml_backend(self, project_id: int, url: str, title: str) -> dict:
-        """Settings > Model > Connect Model: Label Studio checks /health, calls /setup and adds a
-        webhook to <url>/webhook for the project."""
-        return self.api("POST", "/api/ml", json={
+    def connect_ml_backend(self, project_id: int, url: str, title: str, auth: tuple[str, str]) -> dict:
+        """Settings > Model > Connect Model with "Basic Authentication": Label Studio checks /health,
+        calls /setup and adds a webhook to <url>/webhook for the project. Then, as the README says,
+        Settings > Webhooks: that webhook gets the same credentials as an Authorization header."""
+        connected = self.api("POST", "/api/ml", json={
             "project": project_id, "url": url, "title": title, "is_interactive": False,
+            "auth_method": "BASIC_AUTH", "basic_auth_user": auth[0], "basic_auth_pass": auth[1],
         }).json()
+        [webhook] = [w for w in self.api("GET", f"/api/webhooks/?project={project_id}").json()
+                     if w["url"] == url.rstrip("/") + "/webhook"]
+        credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        self.api("PATCH", f"/api/webhooks/{webhook['id']}/",
+                 json={"headers": {"Authorization": f"Basic {credentials}"}})
+        return connected
 
     def open_data_manager(self, project_id: int) -> int:
         """The data manager's first visit creates the project's first tab (a view); returns its id."""
@@ -252,6 +262,8 @@ class Backend:
     url: str
     log_path: Path
     process: subprocess.Popen
+    auth: tuple[str, str]  # the basic-auth credentials it was started with
+    data_dir: Path  # its DATA_DIR: the face store's SQLite file
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -265,10 +277,15 @@ def start_backend(label_studio: LabelStudio, state_dir: Path) -> Backend:
     Other settings (MODEL_PRESET, ...) come from the caller's environment."""
     state_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    auth = ("label-studio", secrets.token_urlsafe(16))
     env = dict(
         os.environ,
         LABEL_STUDIO_URL=label_studio.url,
         LABEL_STUDIO_API_KEY=label_studio.personal_access_token,
+        BASIC_AUTH_USER=auth[0],
+        BASIC_AUTH_PASS=auth[1],
+        # The tests' stand-in image hosts listen on loopback, which the backend refuses by default.
+        ALLOWED_IMAGE_HOSTS="127.0.0.1",
         DATA_DIR=str(state_dir / "data"),
         LOG_LEVEL="INFO",
     )
@@ -278,7 +295,8 @@ def start_backend(label_studio: LabelStudio, state_dir: Path) -> Backend:
             [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-    backend = Backend(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
+    backend = Backend(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process, auth=auth,
+                      data_dir=state_dir / "data")
     try:
         wait_until_ready(backend.url + "/health", process, log_path, BACKEND_START_TIMEOUT, "the backend")
     except BaseException:

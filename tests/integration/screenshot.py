@@ -150,7 +150,7 @@ def main():
                 photos = sorted(json.loads((PHOTOS / "faces.json").read_text()))
                 project_id = label_studio.create_project("Faces and people", (REPO_ROOT / "label_config.xml").read_text())
                 label_studio.upload_files(project_id, [PHOTOS / name for name in photos])
-                label_studio.connect_ml_backend(project_id, backend.url, "autoannotator")
+                label_studio.connect_ml_backend(project_id, backend.url, "autoannotator", backend.auth)
                 label_studio.retrieve_predictions(project_id)
                 task = next(t for t in label_studio.tasks(project_id) if t["data"]["image"].endswith("-" + args.photo))
                 tab = label_studio.open_data_manager(project_id)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.storage import FaceStore
+
 from .label_studio import REPO_ROOT
 
 LABEL_CONFIG = REPO_ROOT / "label_config.xml"
@@ -76,7 +78,7 @@ def project(label_studio, backend, not_found_url, photos, faces_truth) -> Projec
              for t in label_studio.tasks(project_id)}
     assert set(tasks) == {*names, "broken"}
 
-    ml_backend = label_studio.connect_ml_backend(project_id, backend.url, ML_BACKEND_TITLE)
+    ml_backend = label_studio.connect_ml_backend(project_id, backend.url, ML_BACKEND_TITLE, backend.auth)
     label_studio.retrieve_predictions(project_id)
     return Project(project_id, read_controls(config), tasks, ml_backend, label_studio.predictions(project_id))
 
@@ -250,6 +252,34 @@ def test_the_name_an_annotator_gave_reaches_the_persons_other_photos(label_studi
         truth = next(face["box"] for face in faces_truth[photo]["faces"] if face["person"] == person)
         [face] = [r for r in boxes_labelled(prediction["result"], project.controls, FACE) if inside(centre_px(r), truth)]
         assert identity_of(prediction["result"], project.controls, face["id"]) == "Barack Obama", photo
+
+
+def test_deleting_an_annotation_takes_back_what_it_taught(label_studio, backend, project):
+    """Label Studio's ANNOTATIONS_DELETED webhook: the task's faces are no longer confirmed in the store."""
+    photo = "grace_hopper.jpg"
+    task = str(project.tasks[photo])
+    prediction = only_prediction(project, photo)
+    result = [{k: v for k, v in region.items() if k != "score"} for region in prediction["result"]]
+    store = FaceStore.open("", backend.data_dir)
+
+    def confirmed() -> list[bool]:
+        faces = store.faces(str(project.id))
+        return [bool(c) for t, c in zip(faces.tasks, faces.confirmed) if t == task]
+
+    assert confirmed() and not any(confirmed())
+    annotation = label_studio.api("POST", f"/api/tasks/{task}/annotations/?project={project.id}",
+                                  json={"result": result, "project": project.id}).json()
+    wait_for(lambda: all(confirmed()), "the submitted annotation did not confirm the task's faces")
+    label_studio.api("DELETE", f"/api/annotations/{annotation['id']}/", expect=204)
+    wait_for(lambda: confirmed() and not any(confirmed()), "deleting the annotation left its faces confirmed")
+    assert re.search(r"ANNOTATIONS_DELETED: project \d+, 1 annotations", backend.log())
+
+
+def wait_for(condition, message: str, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
 
 
 def webhook_calls(backend) -> list[int]:

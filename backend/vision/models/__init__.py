@@ -22,6 +22,8 @@ FAMILIES = {
     "dlib_resnet": "dlib_resnet:DlibResNet",
     "blazeface": "blazeface:BlazeFace",
     "blazepose": "blazepose:BlazePosePerson",
+    "movenet": "movenet:MoveNetMultiPose",
+    "nanodet": "nanodet:NanoDet",
 }
 
 

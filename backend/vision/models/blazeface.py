@@ -1,6 +1,7 @@
-"""BlazeFace, MediaPipe's face detector (the short-range and full-range .tflite models), run with LiteRT.
+"""BlazeFace, MediaPipe's face detector: the short-range and full-range .tflite models of the mediapipe wheel
+(run with LiteRT) and the back-camera model (converted from TF.js to ONNX, models/human/).
 
-Both models are SSD-style: one score and one regression row per anchor. The regression row is a box
+All three are SSD-style: one score and one regression row per anchor. The regression row is a box
 (x centre, y centre, width, height) and six keypoints, all in input-tensor pixels relative to the anchor
 centre. Anchor options from mediapipe/modules/face_detection/face_detection_*.pbtxt; decoding in mediapipe_ssd.py.
 """
@@ -17,6 +18,8 @@ from .mediapipe_ssd import MediaPipeSSD
 FACE_ANCHOR_OPTIONS = {
     "short_range": {"strides": (8, 16, 16, 16), "interpolated_scale_aspect_ratio": 1.0},  # 128 px: 896 anchors
     "full_range": {"strides": (4,), "interpolated_scale_aspect_ratio": 0.0},  # 192 px: 2304 anchors
+    # face_detection_back_desktop_live.pbtxt (MediaPipe 0.8): 256 px, 896 anchors
+    "back": {"strides": (16, 32, 32, 32), "interpolated_scale_aspect_ratio": 1.0},
 }
 
 # BlazeFace's six keypoints are named from the subject's view: keypoint 0 ("right eye") is the subject's
@@ -27,8 +30,9 @@ KEYPOINT_TO_LANDMARK = {0: 0, 1: 1, 2: 2}  # BlazeFace keypoint index -> LANDMAR
 
 
 class BlazeFace(MediaPipeSSD):
-    """spec.options["variant"]: "short_range" (128x128 input, faces within about 2 m of the camera) or
-    "full_range" (192x192, also small faces, up to about 5 m).
+    """spec.options["variant"]: "short_range" (128x128 input, faces within about 2 m of the camera),
+    "full_range" (192x192, also small faces, up to about 5 m) or "back" (256x256, the back camera's model:
+    faces from about a tenth of the input's side).
 
     The boxes are kept as the model gives them: square, from the forehead (above the eyebrows, no hair)
     to just below the chin and from cheek to cheek; a bit tighter at the top than most detectors' boxes.

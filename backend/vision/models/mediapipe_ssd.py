@@ -1,4 +1,5 @@
-"""What MediaPipe's SSD-style detectors share (BlazeFace and the BlazePose person detector), run with LiteRT.
+"""What MediaPipe's SSD-style detectors share (BlazeFace and the BlazePose person detector), run with LiteRT
+(the .tflite files of the mediapipe wheel) or ONNX Runtime (BlazeFace back-camera, converted from TF.js).
 
 One score and one regression row per anchor; the row is a box (x centre, y centre, width, height) and
 keypoints, all in input-tensor pixels relative to the anchor centre. The decoding follows what MediaPipe's
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..detections import box_iou
 from ..manifest import ModelSpec
-from .base import Detector, letterbox, to_network_input
+from .base import Detector, OnnxModel, letterbox, to_network_input
 from .litert import LiteRTModel
 
 # MediaPipe merges detections overlapping by more than this IoU (face and pose graphs alike).
@@ -85,20 +86,25 @@ def weighted_nms(
 
 
 class MediaPipeSSD(Detector):
-    """What BlazeFace and the BlazePose detector share: a LiteRT model with a square input, its anchors,
-    and detect_keypoints(), which returns the model's boxes and keypoints in the image's pixels.
+    """What BlazeFace and the BlazePose detector share: a model with a square NHWC input (a .tflite file run
+    by LiteRT, or an .onnx file), its anchors, and detect_keypoints(), which returns the model's boxes and
+    keypoints in the image's pixels.
     """
 
     def __init__(self, spec: ModelSpec, models_dir, strides: Sequence[int], interpolated_scale_aspect_ratio: float):
         super().__init__(spec, models_dir)
-        self.model = LiteRTModel(spec.path(self.models_dir))
+        path = spec.path(self.models_dir)
+        self.model = OnnxModel(path) if path.suffix == ".onnx" else LiteRTModel(path)
         width, height = spec.input_size
         if width != height or self.model.input_shape[1:3] != (height, width):
             raise ValueError(f"model {spec.name!r}: manifest input_size {spec.input_size} does not match "
                              f"the model's input {self.model.input_shape}")
         self.input_size = width
         self.anchors = ssd_anchor_centres(width, strides, interpolated_scale_aspect_ratio)
-        if any(shape[1] != len(self.anchors) for shape in self.model.output_shapes):
+        by_width = {}
+        for shape in self.model.output_shapes:
+            by_width[shape[-1]] = by_width.get(shape[-1], 0) + shape[1]
+        if any(anchors != len(self.anchors) for anchors in by_width.values()):
             raise ValueError(f"model {spec.name!r}: {len(self.anchors)} anchors for outputs shaped "
                              f"{self.model.output_shapes}; wrong anchor options for this file?")
 
@@ -111,8 +117,11 @@ class MediaPipeSSD(Detector):
         """
         canvas, scale = letterbox(image, (self.input_size, self.input_size))
         tensor = to_network_input(canvas, self.spec).transpose(0, 2, 3, 1)  # LiteRT models take NHWC
-        # The outputs are the regressors (1, N, 4 + 2K) and the score logits (1, N, 1); tell them by width.
-        regressors, logits = sorted((output[0] for output in self.model(tensor)), key=lambda o: -o.shape[-1])
+        # The outputs are the regressors (1, N, 4 + 2K) and the score logits (1, N, 1), told apart by width;
+        # a model converted from TF.js gives each per stride: the finer stride has more anchors and comes first.
+        outputs = sorted((output[0] for output in self.model(tensor)), key=lambda o: (-o.shape[-1], -o.shape[0]))
+        regressors = np.concatenate([o for o in outputs if o.shape[-1] > 1])
+        logits = np.concatenate([o for o in outputs if o.shape[-1] == 1])
         # MediaPipe clips the logits to +-100 before the sigmoid (score_clipping_thresh).
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0].astype(np.float64), -100.0, 100.0)))
         keep = scores >= self.spec.score_threshold

@@ -137,10 +137,13 @@ class MTCNN(Detector):
         """P-Net over every pyramid level: square candidate boxes."""
         height, width = image.shape[:2]
         windows, scores, offsets = [], [], []
+        level = image
         for scale in self.pyramid_scales(height, width):
+            # Each level is reduced from the one before, not from the image: area resampling reads every
+            # source pixel, and reading the whole image once per level was a fifth of MTCNN's time at 1 Mpx.
             size = (int(np.ceil(width * scale)), int(np.ceil(height * scale)))
-            level = normalise(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-            level_offsets, probabilities = run_network(self.pnet, level.transpose(1, 0, 2)[None])
+            level = cv2.resize(level, size, interpolation=cv2.INTER_AREA)
+            level_offsets, probabilities = run_network(self.pnet, normalise(level).transpose(1, 0, 2)[None])
             cols, rows = np.nonzero(probabilities[0, :, :, 1] >= self.pnet_threshold)
             corners = np.stack([cols, rows, cols, rows], axis=1) * PNET_STRIDE
             level_windows = (corners + [0, 0, PNET_WINDOW, PNET_WINDOW]) / scale
