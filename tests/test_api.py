@@ -18,12 +18,17 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory, photos):
+def app(tmp_path_factory, photos):
     from backend.config import Settings
     from backend.service.app import create_app
 
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data"), local_files_root=photos))
     app.testing = True
+    return app
+
+
+@pytest.fixture(scope="module")
+def client(app):
     return app.test_client()
 
 

@@ -7,7 +7,6 @@ to_name, original_width/height, value in percent with its labels); tests/integra
 in the real editor.
 """
 import json
-import shutil
 import time
 
 import cv2
@@ -16,35 +15,10 @@ import pytest
 
 from backend.service.label_config import parse_label_config
 from backend.service.predictions import relabel_identities
-from tests.conftest import PHOTOS
-from tests.test_api import inside, regions, task
+from tests.test_api import app, client, inside, photos, regions, task  # noqa: F401 (fixtures)
 from tests.test_label_config import BODY_JOINTS, SHIPPED
 
 PROJECT = "5.1700000000"  # as Label Studio sends it: "<id>.<created at>"
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """The test photos, copied under the backend's LOCAL_FILES_ROOT: it reads no file outside it."""
-    root = tmp_path_factory.mktemp("files")
-    for photo in PHOTOS.iterdir():
-        shutil.copy(photo, root / photo.name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, photos):
-    from backend.config import Settings
-    from backend.service.app import create_app
-
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data"), local_files_root=photos))
-    app.testing = True
-    return app
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,11 +29,12 @@ from typing import Callable, Iterable, Iterator
 
 from ..config import Settings
 from ..storage.prelabel_state import FAILED, PREDICTED, PUSHED, PrelabelState, RunInProgress
+from . import jobs
 from .context import AppContext
 from .images import ImageLoader
 from .label_config import LabelConfigError
 from .predict import predict_tasks
-from .recluster import HEARTBEAT_SECONDS, ReclusterError
+from .recluster import ReclusterError
 from .recluster import _call as label_studio_call
 
 logger = logging.getLogger(__name__)
@@ -375,39 +375,15 @@ def start_job(context: AppContext, body) -> dict:
     if not new:
         hold.close()
         raise PrelabelError(f"project {project} has a job running: GET /prelabel/{job}", 409)
-    threading.Thread(target=_run_job, args=(context, job, project, hold), name=f"prelabel-{job}", daemon=True).start()
+    jobs.start(context.store, "prelabel", job, project, lambda progress: _prelabel_job(context, project, hold, progress),
+               expected=(PrelabelError,))
     return context.store.job(job)
 
 
-def _run_job(context: AppContext, job: str, project: str, hold: ExitStack) -> None:
-    store = context.store
-    finished = threading.Event()
-    shown = {"fraction": -1.0}
+def _prelabel_job(context: AppContext, project: str, hold: ExitStack, progress: jobs.Progress) -> dict:
+    def tasks_done(handled: int, todo: int) -> None:  # tasks added to the project meanwhile are done too
+        progress(min(handled / max(todo, 1), 1.0), f"{handled} of {todo} tasks")
 
-    def heartbeat():
-        while not finished.wait(HEARTBEAT_SECONDS):
-            store.job_alive(job)
-
-    def progress(handled: int, todo: int) -> None:
-        fraction = min(handled / max(todo, 1), 1.0)  # tasks added to the project meanwhile are done too
-        if fraction - shown["fraction"] >= 0.01:  # a database write per percent
-            shown["fraction"] = fraction
-            store.update_job(job, "running", fraction, f"{handled} of {todo} tasks")
-
-    threading.Thread(target=heartbeat, name=f"prelabel-{job}-heartbeat", daemon=True).start()
-    try:
-        with hold:
-            store.update_job(job, "running", 0.0, "reading the project's tasks")
-            result = _prelabel_held(context, project, context.settings.ray_address, progress)
-    except PrelabelError as error:
-        store.update_job(job, "failed", max(shown["fraction"], 0.0), str(error))
-        return
-    except Exception as error:  # the job's status is the only place anyone will look
-        logger.exception("prelabel job %s (project %s) failed", job, project)
-        store.update_job(job, "failed", max(shown["fraction"], 0.0), f"{type(error).__name__}: {error}")
-        return
-    finally:
-        finished.set()
-    logger.info("prelabel job %s (project %s): %s", job, project,
-                {k: v for k, v in result.items() if k != "failures"})
-    store.update_job(job, "done", 1.0, "done", result)
+    with hold:
+        progress(0.0, "reading the project's tasks")
+        return _prelabel_held(context, project, context.settings.ray_address, tasks_done)

@@ -10,12 +10,12 @@ tokens and personal access tokens): three REST calls do not justify label-studio
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable, Collection
 
 import requests
 
 from ..storage import FaceStore, cluster_project
+from . import jobs
 from .context import AppContext
 from .label_config import OutputSpec
 from .label_studio import LabelStudioClient, LabelStudioError
@@ -29,9 +29,6 @@ Progress = Callable[[float, str], None]  # (fraction done, what is being done)
 Edit = Callable[[str, list], list]  # (task, prediction result) -> the result to write instead
 # Up to this many tasks, push_predictions asks Label Studio for each task's predictions; beyond, for the project's.
 TASKS_ASKED_ONE_BY_ONE = 50
-
-# A running job writes a heartbeat this often, so that one whose worker died is seen as failed (FaceStore.job).
-HEARTBEAT_SECONDS = 5
 
 
 class ReclusterError(ValueError):
@@ -123,33 +120,7 @@ def start_job(context: AppContext, body) -> dict:
     job, new = context.store.create_job(str(project))
     if not new:
         raise ReclusterError(f"project {project} is being re-clustered already: GET /recluster/{job}", 409)
-    threading.Thread(target=_run_job, args=(context, job, str(project)), name=f"recluster-{job}", daemon=True).start()
+    jobs.start(context.store, "recluster", job, str(project), lambda progress: recluster(
+        context.store, str(project), context.annotator.identity_distance, context.label_studio, context.output_spec,
+        progress))
     return context.store.job(job)
-
-
-def _run_job(context: AppContext, job: str, project: str) -> None:
-    store = context.store
-    shown = {"progress": -1.0, "stage": ""}
-    finished = threading.Event()
-
-    def heartbeat():
-        while not finished.wait(HEARTBEAT_SECONDS):
-            store.job_alive(job)
-
-    def progress(fraction: float, stage: str) -> None:
-        if fraction - shown["progress"] >= 0.01 or stage != shown["stage"]:  # a database write per percent
-            shown.update(progress=fraction, stage=stage)
-            store.update_job(job, "running", fraction, stage)
-
-    threading.Thread(target=heartbeat, name=f"recluster-{job}-heartbeat", daemon=True).start()
-    try:
-        result = recluster(store, project, context.annotator.identity_distance, context.label_studio,
-                           context.output_spec, progress)
-    except Exception as error:  # the job's status is the only place anyone will look
-        logger.exception("recluster job %s (project %s) failed", job, project)
-        store.update_job(job, "failed", max(shown["progress"], 0.0), f"{type(error).__name__}: {error}")
-        return
-    finally:
-        finished.set()
-    logger.info("recluster job %s (project %s): %s", job, project, result)
-    store.update_job(job, "done", 1.0, "done", result)
