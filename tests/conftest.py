@@ -64,6 +64,22 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
+def checked_ground_truth(directory: Path, images: int, faces: bool, persons: bool) -> list:
+    """An evaluation set's ground_truth_coco.json as (image truth, path) pairs, checked: every image there,
+    only the classes it should have, and every box of those inside its image."""
+    from backend.evaluation.evaluate import ScoredClasses
+    from backend.evaluation.ground_truth import load_ground_truth, match_images
+
+    pairs, missing = match_images(load_ground_truth(directory / "ground_truth_coco.json"), directory)
+    assert not missing and len(pairs) == images
+    assert ScoredClasses.of([t for t, _ in pairs]) == ScoredClasses(faces=faces, persons=persons)
+    for image_truth, path in pairs:
+        height, width = cv2.imread(str(path)).shape[:2]
+        boxes = (image_truth.faces if faces else image_truth.persons).boxes
+        assert len(boxes) and (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    return pairs
+
+
 def background_crops(photos: Path) -> dict[str, np.ndarray]:
     """Real-photo regions without people: a building facade and the side of a bus (windows, lettering)."""
     street = read_rgb(photos / "street_bus.jpg")

@@ -15,7 +15,7 @@ from backend.service.images import decode_image
 from backend.vision.annotator import Annotator
 from backend.vision.detections import FACE, LANDMARK_NAMES, box_iou
 from backend.vision.models import load_model
-from tests.conftest import MODELS_DIR, REPO_ROOT, background_crops, load_models, read_rgb
+from tests.conftest import MODELS_DIR, REPO_ROOT, background_crops, checked_ground_truth, load_models, read_rgb
 
 HARD_FACES = REPO_ROOT / "tests" / "data" / "hard_faces"
 PORTRAITS = ("obama_1.jpg", "obama_2.jpg", "obama_3.jpg", "biden.jpg", "grace_hopper.jpg",
@@ -102,15 +102,8 @@ def test_its_vote_joins_two_framings_of_one_face(manifest, photos, faces_truth):
 # --- the hard-face set ----------------------------------------------------------------------------------
 
 def test_hard_face_ground_truth_lies_in_its_images():
-    truth = load_ground_truth(HARD_FACES / "ground_truth_coco.json")
-    pairs, missing = match_images(truth, HARD_FACES)
-    assert not missing and len(pairs) == 7
-    assert ScoredClasses.of([t for t, _ in pairs]) == ScoredClasses(faces=True, persons=False)
-    for image_truth, path in pairs:
-        height, width = cv2.imread(str(path)).shape[:2]
-        boxes = image_truth.faces.boxes
-        assert len(boxes) and (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
-        demanded = boxes[~image_truth.faces.ignore]
+    for image_truth, _ in checked_ground_truth(HARD_FACES, images=7, faces=True, persons=False):
+        demanded = image_truth.faces.boxes[~image_truth.faces.ignore]
         assert (demanded[:, 2] - demanded[:, 0] >= 15.5).all(), "the smallest faces are 16 px wide"
 
 

@@ -15,7 +15,7 @@ from backend.vision.annotator import Annotator
 from backend.vision.detections import BODY_KEYPOINT_NAMES, PERSON, Detections, box_iou
 from backend.vision.ensemble import TILE_FROM, TILE_OVERLAP, DetectorEnsemble, cut_by_tile, tiles
 from backend.vision.models import load_model
-from tests.conftest import MODELS_DIR, REPO_ROOT, background_crops, load_models, read_rgb
+from tests.conftest import MODELS_DIR, REPO_ROOT, background_crops, checked_ground_truth, load_models, read_rgb
 
 MODELS = ("nanodet_m", "movenet_multipose")
 KEYPOINT = {name: index for index, name in enumerate(BODY_KEYPOINT_NAMES)}
@@ -221,14 +221,7 @@ PEOPLE = REPO_ROOT / "tests" / "data" / "people"
 
 
 def test_people_ground_truth_lies_in_its_images():
-    truth = load_ground_truth(PEOPLE / "ground_truth_coco.json")
-    pairs, missing = match_images(truth, PEOPLE)
-    assert not missing and len(pairs) == 6
-    assert ScoredClasses.of([t for t, _ in pairs]) == ScoredClasses(faces=False, persons=True)
-    for image_truth, path in pairs:
-        height, width = cv2.imread(str(path)).shape[:2]
-        boxes = image_truth.persons.boxes
-        assert len(boxes) and (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    checked_ground_truth(PEOPLE, images=6, faces=False, persons=True)
 
 
 def test_default_person_ensemble_beats_each_member_on_the_people_set(manifest):
