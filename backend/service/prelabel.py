@@ -35,7 +35,7 @@ from .images import ImageLoader
 from .label_config import LabelConfigError
 from .predict import predict_tasks
 from .recluster import ReclusterError
-from .recluster import _call as label_studio_call
+from .recluster import label_studio_call
 
 logger = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def push_predictions(client: LabelStudioClient, store: FaceStore, project: str,
     page takes the faces it rejected out, and puts them back when that is undone). Annotations are never
     touched: they are the annotators' own.
     """
-    spec = output_spec(_call(client, "GET", f"/api/projects/{project}/")["label_config"])
+    spec = output_spec(label_studio_call(client, "GET", f"/api/projects/{project}/")["label_config"])
     if not spec.identities and edit is None:
         return 0
     shown = store.shown_ids(project)
@@ -75,7 +75,7 @@ def push_predictions(client: LabelStudioClient, store: FaceStore, project: str,
         result = edit(task, prediction["result"]) if edit else prediction["result"]
         result = relabel_identities(result, spec, lambda region: shown.get((task, region)))
         if result != prediction["result"]:
-            _call(client, "PATCH", f"/api/predictions/{prediction['id']}/", json={"result": result})
+            label_studio_call(client, "PATCH", f"/api/predictions/{prediction['id']}/", json={"result": result})
             updated += 1
         progress(done / len(newest))
     return updated
@@ -86,9 +86,9 @@ def _newest_predictions(client: LabelStudioClient, project: str, tasks: Collecti
     are asked for one by one; for more, one listing of the whole project costs less."""
     if tasks is not None and len(tasks) <= TASKS_ASKED_ONE_BY_ONE:
         listing = [prediction for task in tasks if task.isdigit()
-                   for prediction in _call(client, "GET", "/api/predictions/", params={"task": task})]
+                   for prediction in label_studio_call(client, "GET", "/api/predictions/", params={"task": task})]
     else:
-        listing = _call(client, "GET", "/api/predictions/", params={"task__project": project})
+        listing = label_studio_call(client, "GET", "/api/predictions/", params={"task__project": project})
     wanted = None if tasks is None else set(tasks)
     newest = {}
     for prediction in listing:
@@ -99,7 +99,8 @@ def _newest_predictions(client: LabelStudioClient, project: str, tasks: Collecti
     return newest
 
 
-def _call(client: LabelStudioClient, method: str, path: str, **kwargs):
+def label_studio_call(client: LabelStudioClient, method: str, path: str, **kwargs):
+    """The JSON answer of a Label Studio API call; ReclusterError saying what failed when there is none."""
     try:
         response = client.request(method, path, **kwargs)
     except (requests.RequestException, LabelStudioError) as error:

@@ -354,7 +354,7 @@ class FaceStore:
             if rows:
                 self._shift(db, project, [r[0] for r in rows], [_array(r[2]) for r in rows],
                             weights=-face_weights([bool(r[1]) for r in rows]), counts=-1)
-            for table in ("faces", "annotations", "thumbnails"):
+            for table in ("faces", "annotations", "thumbnails", "prelabel_tasks"):
                 self._run(db, f"DELETE FROM {table} WHERE project = ? AND task IN ({marks})", (project, *tasks))
             self._drop_empty_identities(db, project)
         return {"deleted": len(rows)}
@@ -363,7 +363,8 @@ class FaceStore:
         """A deleted project: everything the store holds about it."""
         with self._locked(f"project:{project}") as db:
             [(faces,)] = self._run(db, "SELECT COUNT(*) FROM faces WHERE project = ?", (project,)).fetchall()
-            for table in ("faces", "identities", "annotations", "projects", "jobs", "thumbnails", "review_log"):
+            for table in ("faces", "identities", "annotations", "projects", "jobs", "thumbnails", "review_log",
+                          "prelabel_tasks"):
                 self._run(db, f"DELETE FROM {table} WHERE project = ?", (project,))
         return {"deleted": faces}
 
