@@ -93,6 +93,10 @@ class Settings:
     max_tasks_per_request: int = 1000  # MAX_TASKS_PER_REQUEST: a /predict with more tasks gets 413
     max_result_items: int = 10000  # MAX_RESULT_ITEMS: a webhook annotation with more result items gets 400
     max_name_length: int = 200  # MAX_NAME_LENGTH: longer identity names are refused
+    # REVIEW_PUSH_INLINE_TASKS: a review-page operation that concerns more tasks than this answers at once and
+    # rewrites their predictions in Label Studio in a background job the page follows (a request waiting on
+    # thousands of Label Studio calls would outlive its worker's timeout).
+    review_push_inline_tasks: int = 50
     # PREDICT_TIMEOUT: seconds after which /predict starts no new task and answers those done; keep it under
     # Label Studio's ML_TIMEOUT_PREDICT (100 s by default) by at least the time of one image.
     predict_timeout: float = 80.0

@@ -342,6 +342,32 @@ def test_the_connection_goes_to_the_address_that_was_checked(web, photo, resolve
     assert len(web.requests) == 1
 
 
+def test_a_name_lookup_that_hangs_is_within_fetch_timeout(monkeypatch):
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "slow-dns.example":
+            released.wait(30)  # a resolver whose servers never answer
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    images = loader(fetch_timeout=1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ImageError, match=r"FETCH_TIMEOUT=1 s \(looking up slow-dns.example"):
+            images.load("http://slow-dns.example/a.jpg")
+        assert time.monotonic() - started < 2
+        # Every resolver thread stuck: later lookups still end within their own deadlines.
+        for _ in range(6):
+            with pytest.raises(ImageError, match="FETCH_TIMEOUT"):
+                images.load("http://slow-dns.example/b.jpg")
+        assert time.monotonic() - started < 9
+    finally:
+        released.set()
+
+
 def make_certificate(directory: Path, host: str) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make a test certificate")

@@ -436,6 +436,29 @@ def test_operations_over_http(app):
     assert snapshot(store, HTTP_PROJECT) == before
 
 
+def test_no_operation_overlaps_a_running_job(app):
+    client = app.test_client()
+    store = app.store
+    before = snapshot(store, HTTP_PROJECT)
+    job, new = store.create_job(HTTP_PROJECT)  # a re-clustering of the project, say
+    assert new
+    try:
+        response = post(client, "move", {"task": task_of("biden.jpg"), "region": "face1", "to": "new"})
+        assert response.status_code == 409 and f"busy with job {job}" in response.get_json()["detail"]
+        assert snapshot(store, HTTP_PROJECT) == before
+        assert client.get(f"/identities/jobs/{job}", headers=AUTH).get_json()["status"] == "queued"
+        assert client.get(f"/identities/jobs/{job}").status_code == 401
+    finally:
+        store.update_job(job, "done", 1.0)
+    assert client.get("/identities/jobs/0123456789ab", headers=AUTH).status_code == 404
+    # The operation's own job ends with it, refused or done; the next one goes through.
+    assert post(client, "move", {"task": task_of("biden.jpg"), "region": "face1", "to": "Nobody"}).status_code == 404
+    moved = post(client, "move", {"task": task_of("biden.jpg"), "region": "face1", "to": "new"})
+    assert moved.status_code == 200, moved.get_data(as_text=True)
+    assert post(client, "undo", {"entry": moved.get_json()["entry"]}).status_code == 200
+    assert snapshot(store, HTTP_PROJECT) == before
+
+
 def test_rejected_faces_leave_the_prediction_and_come_back(app):
     """The edits the page hands to push_predictions, on a real prediction: a rejected face's box, identity
     and landmarks leave it, and undo puts exactly those back."""

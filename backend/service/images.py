@@ -30,6 +30,8 @@ import stat
 import threading
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -43,6 +45,10 @@ from PIL import Image, UnidentifiedImageError
 from .label_studio import DEFAULT_PORTS, LabelStudioClient, LabelStudioError, is_media_path, origin, url_defect
 
 MAX_REDIRECTS = 5
+# Name lookups run on this many threads per loader, so that a download's deadline covers them too: a lookup
+# that outlives it keeps its thread until the system resolver gives up (its own timeouts, seconds), and
+# lookups beyond that many wait their turn within their own deadlines.
+RESOLVER_THREADS = 4
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 CHUNK = 1 << 16
 LOCAL_FILES_PATH = re.compile(r"/data/local-files/?\?")
@@ -183,7 +189,7 @@ class ImageLoader:
         """A connection to one of the checked addresses of the URL's host, tried in the resolver's order."""
         failures = []
         kind = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-        for address in self.hosts.addresses(target.host, target.port, url):
+        for address in self.hosts.addresses(target.host, target.port, url, deadline):
             connection = kind(target.host, target.port, address, deadline, url)
             try:
                 connection.connect()
@@ -238,11 +244,17 @@ class HostPolicy:
                                      "network (10.0.0.0/8)") from None
                 self.names.add(entry)
         self.label_studio = label_studio[1:] if label_studio else None
+        self._resolver = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve")
 
-    def addresses(self, host: str, port: int, url: str) -> list[str]:
+    def addresses(self, host: str, port: int, url: str, deadline: "_Deadline") -> list[str]:
         """The addresses of `host` to connect to, every one checked: ImageError naming the first refused."""
+        lookup = self._resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found = lookup.result(timeout=deadline.remaining(url))
+        except FutureTimeout:
+            lookup.cancel()
+            raise ImageError(f"{_shown(url)}: not downloaded within FETCH_TIMEOUT={deadline.seconds:g} s "
+                             f"(looking up {host} took too long)") from None
         except (OSError, UnicodeError) as error:
             raise ImageError(f"{_shown(url)}: download failed: cannot resolve {host}: {error}") from None
         addresses = list(dict.fromkeys(info[4][0] for info in found))

@@ -5,7 +5,8 @@ One row per identity, least certain first (backend/storage/review.py says how ce
 thumbnails of its least typical faces; an identity's own page (/identities/<number>?project=ID) shows all of
 its faces. The page's operations are POSTs: rename, merge, move, reject and undo. Each changes the face store
 in one transaction (logged for undo), then rewrites the predictions of the tasks it concerns in Label Studio
-(recluster.push_predictions); annotations are never touched.
+(recluster.push_predictions; in a background job the page follows when they are many); annotations are never
+touched. An operation is the project's one job while it runs, so that none overlaps a re-clustering.
 
 The page sits behind the app's basic auth like every route. Browsers send basic-auth credentials with any
 request to this origin, also one that another site's form makes, so the operations answer only requests
@@ -24,7 +25,8 @@ from flask import Blueprint, abort, jsonify, make_response, render_template, req
 from ..storage import review
 from ..storage.review import Change, ReviewError
 from .context import AppContext
-from .recluster import ReclusterError, push_predictions
+from . import jobs
+from .recluster import Edit, ReclusterError, push_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,13 @@ def review_blueprint(context: AppContext) -> Blueprint:
         response.add_etag()
         return response.make_conditional(request)
 
+    @blueprint.get("/jobs/<job>")
+    def job_status(job: str):  # a background push of a large operation, which the page follows
+        status = store.job(job)
+        if status is None:
+            abort(404, f"no job {job!r}")
+        return jsonify(status)
+
     @blueprint.post("/rename")
     def rename():
         form = request.form
@@ -93,8 +102,7 @@ def review_blueprint(context: AppContext) -> Blueprint:
         if len(name) > context.settings.max_name_length:
             abort(400, f"a name has at most MAX_NAME_LENGTH={context.settings.max_name_length} characters")
         project = _project(form)
-        return _answer(project, _review(lambda: review.rename(store, project, _number(form.get("identity"), "identity"),
-                                                              name)))
+        return _operate(project, lambda: review.rename(store, project, _number(form.get("identity"), "identity"), name))
 
     @blueprint.post("/merge")
     def merge():
@@ -102,7 +110,7 @@ def review_blueprint(context: AppContext) -> Blueprint:
         project = _project(form)
         into = _number(form.get("into"), "into")
         merged = [_number(value, "identities") for value in form.getlist("identities")]
-        return _answer(project, _review(lambda: review.merge(store, project, merged, into)))
+        return _operate(project, lambda: review.merge(store, project, merged, into))
 
     @blueprint.post("/move")
     def move():
@@ -112,43 +120,71 @@ def review_blueprint(context: AppContext) -> Blueprint:
         target = form.get("to", "").strip()
         if not target:
             abort(400, "'to' must be an identity (its number, person_<number> or its name) or 'new'")
-        change = _review(lambda: review.move(store, project, faces, None if target == "new"
-                                             else review.find_identity(store, project, target)))
-        return _answer(project, change)
+        return _operate(project, lambda: review.move(store, project, faces, None if target == "new"
+                                                     else review.find_identity(store, project, target)))
 
     @blueprint.post("/reject")
     def reject():
         form = request.form
         project = _project(form)
         faces = _faces(form)
-        change = _review(lambda: review.reject(store, project, faces, form.get("reason", "")))
         removed: dict[str, list[dict]] = {}
-        try:
-            return _answer(project, change, _take_out(change.removed, removed) if change.removed else None)
-        finally:
-            if removed:  # the regions Label Studio lost with the faces, for an undo to put back
+
+        def keep_removed(change: Change) -> None:  # the regions Label Studio lost with the faces, for an undo
+            if removed:
                 review.record_removed(store, project, change.entry, removed)
+
+        return _operate(project, lambda: review.reject(store, project, faces, form.get("reason", "")),
+                        lambda change: _take_out(change.removed, removed) if change.removed else None, keep_removed)
 
     @blueprint.post("/undo")
     def undo():
         form = request.form
         project = _project(form)
         entry = _number(form.get("entry"), "entry")
-        change = _review(lambda: review.undo(store, project, entry))
-        return _answer(project, change, _put_back(review.removed_items(store, project, entry)) if change.restored
-                       else None)
+        return _operate(project, lambda: review.undo(store, project, entry),
+                        lambda change: _put_back(review.removed_items(store, project, entry)) if change.restored
+                        else None)
 
-    def _answer(project: str, change: Change, edit: Callable | None = None):
-        """The operation's JSON answer, once Label Studio's predictions of its tasks agree with the store."""
+    def _operate(project: str, operation: Callable[[], Change], edit: Callable[[Change], Edit | None] = lambda _: None,
+                 after: Callable[[Change], None] = lambda _: None):
+        """Run a review operation as the project's one job: none runs beside a re-clustering or pre-annotation
+        (which would write identities over it, or miss it) nor beside another operation still updating Label
+        Studio. The answer comes once Label Studio's predictions agree with the store; for an operation on
+        more than REVIEW_PUSH_INLINE_TASKS tasks, at once (202), with the job that updates them."""
+        job, new = store.create_job(project)
+        if not new:
+            abort(409, f"project {project} is busy with job {job} (re-clustering, pre-annotation or a review "
+                       "operation updating Label Studio): try again when it has finished")
+        try:
+            change = _review(operation)
+        except BaseException:
+            store.update_job(job, "done", 1.0, "refused: nothing changed", {"predictions_updated": 0})
+            raise
         answer = {"entry": change.entry, "operation": change.operation, "summary": change.summary,
                   "tasks": len(change.tasks)}
         client = context.label_studio
         if not client.configured or not project.isdigit():
+            after(change)
+            store.update_job(job, "done", 1.0, "done", {"predictions_updated": 0})
             return jsonify({**answer, "label_studio": "not updated: LABEL_STUDIO_URL is not set"
                             if not client.configured else "not updated: not a Label Studio project"})
+
+        def push(progress: jobs.Progress) -> dict:
+            try:
+                updated = push_predictions(client, store, project, context.output_spec,
+                                           lambda done: progress(done, "updating Label Studio"), tasks=change.tasks,
+                                           edit=edit(change))
+            finally:
+                after(change)
+            return {"predictions_updated": updated}
+
+        if len(change.tasks) > context.settings.review_push_inline_tasks:
+            jobs.start(store, "review", job, project, push, expected=(ReclusterError,))
+            return jsonify({**answer, "job": job, "label_studio": f"updating the predictions of {len(change.tasks)} "
+                                                                  f"tasks: GET {request.script_root}/identities/jobs/{job}"}), 202
         try:
-            updated = push_predictions(client, store, project, context.output_spec, lambda done: None,
-                                       tasks=change.tasks, edit=edit)
+            result = push(lambda fraction, stage: None)
         except Exception as error:  # the store has changed: the answer must say so, whatever went wrong after
             if isinstance(error, ReclusterError):
                 logger.error("review of project %s, operation %s: Label Studio not updated: %s", project,
@@ -156,9 +192,12 @@ def review_blueprint(context: AppContext) -> Blueprint:
             else:
                 logger.exception("review of project %s, operation %s: Label Studio not updated", project, change.entry)
             reason = error if isinstance(error, ReclusterError) else "internal error (the backend's log says what)"
+            store.update_job(job, "failed", 0.0, str(reason))
             return jsonify({**answer, "status": 502, "detail": f"{change.summary}: done in the face store (undo: "
                                                                  f"operation {change.entry}), but Label Studio's "
                                                                  f"predictions were not updated: {reason}"}), 502
+        store.update_job(job, "done", 1.0, "done", result)
+        updated = result["predictions_updated"]
         return jsonify({**answer, "label_studio": f"{updated} prediction{'s' if updated != 1 else ''} updated",
                         "predictions_updated": updated})
 

@@ -288,6 +288,9 @@ def start_backend(label_studio: LabelStudio, state_dir: Path) -> Backend:
         ALLOWED_IMAGE_HOSTS="127.0.0.1",
         DATA_DIR=str(state_dir / "data"),
         LOG_LEVEL="INFO",
+        # The review page's operations in these tests concern two tasks: through the background job that
+        # operations on many tasks take.
+        REVIEW_PUSH_INLINE_TASKS="1",
     )
     log_path = state_dir / "backend.log"
     with open(log_path, "ab") as log:

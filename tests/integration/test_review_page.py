@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 from .label_studio import REPO_ROOT
@@ -93,3 +94,10 @@ def test_merge_on_the_page_updates_label_studio_and_undo_takes_it_back(label_stu
     assert identities_in_label_studio(label_studio, project_id, tasks) == before
     assert label_studio.api("GET", f"/api/annotations/{annotation['id']}/").json()["result"] == annotated
     context.close()
+
+    # An operation on one task (up to REVIEW_PUSH_INLINE_TASKS) answers once Label Studio is updated.
+    form = {"project": project_id, "task": tasks[MERGED[0]], "region": "face1", "to": "new"}
+    moved = requests.post(f"{backend.url}/identities/move", data=form, auth=backend.auth, timeout=120,
+                          headers={"X-Requested-With": "autoannotator-review"})
+    assert moved.status_code == 200 and moved.json()["label_studio"] == "1 prediction updated", moved.text
+    assert identities_in_label_studio(label_studio, project_id, tasks)[MERGED[0]] != before[MERGED[0]]

@@ -38,9 +38,32 @@
       updateSelection();
       return;
     }
-    const message = ok ? `${answer.summary} · Label Studio: ${answer.label_studio}` : answer.detail;
+    let message = ok ? `${answer.summary} · Label Studio: ${answer.label_studio}` : answer.detail;
+    if (answer.job) ({message, ok} = await follow(answer));
     sessionStorage.setItem(STATUS_KEY, JSON.stringify({message, isError: !ok}));
     location.reload();
+  }
+
+  // An operation on many tasks updates Label Studio in a background job: its progress, then its outcome.
+  async function follow(answer) {
+    for (;;) {
+      await new Promise(resolve => setTimeout(resolve, 1000));
+      let job;
+      try {
+        job = await (await fetch(`${base}/jobs/${answer.job}`, {credentials: "same-origin"})).json();
+      } catch (error) {
+        continue;  // the backend restarting: its job row outlives it
+      }
+      if (job.status === "done") {
+        const updated = job.result.predictions_updated;
+        return {ok: true, message: `${answer.summary} · Label Studio: ${updated} prediction${updated === 1 ? "" : "s"} updated`};
+      }
+      if (job.status === "failed") {
+        return {ok: false, message: `${answer.summary}: done in the face store (undo: operation ${answer.entry}), ` +
+                                    `but Label Studio's predictions were not updated: ${job.message}`};
+      }
+      show(`${answer.summary} · updating Label Studio: ${Math.round(100 * Math.max(job.progress, 0))}% of ${answer.tasks} tasks`);
+    }
   }
 
   function updateSelection() {
