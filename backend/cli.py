@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     recluster = commands.add_parser("recluster", help="re-cluster a project's faces, update Label Studio's predictions")
     recluster.add_argument("--project", required=True, help="Label Studio project id (or an annotate --project name)")
+    recluster.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (env RAY_ADDRESS; default: here)")
     recluster.set_defaults(run=run_recluster)
 
     models = commands.add_parser("models", help="list or download the manifest's models")
@@ -191,7 +192,7 @@ def run_recluster(args, settings: Settings) -> int:
 
         try:
             result = recluster(context.store, args.project, context.annotator.identity_distance,
-                               context.label_studio, context.output_spec, progress)
+                               context.label_studio, context.output_spec, progress, _ray_address(args, settings))
         except ReclusterError as error:
             print(f"autoannotator: recluster: {error}", file=sys.stderr)
             return 1

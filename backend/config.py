@@ -97,6 +97,9 @@ class Settings:
     # rewrites their predictions in Label Studio in a background job the page follows (a request waiting on
     # thousands of Label Studio calls would outlive its worker's timeout).
     review_push_inline_tasks: int = 50
+    # AUTO_RECLUSTER: after /predict, re-cluster a project (a background job, as POST /recluster) once its
+    # faces have grown by this fraction since its last re-clustering (and by at least 10); 0: never.
+    auto_recluster: float = 0.1
     # PREDICT_TIMEOUT: seconds after which /predict starts no new task and answers those done; keep it under
     # Label Studio's ML_TIMEOUT_PREDICT (100 s by default) by at least the time of one image.
     predict_timeout: float = 80.0
@@ -106,6 +109,13 @@ class Settings:
     # DATABASE_URL: where the face store keeps every face and identity: postgresql://user:password@host/db
     # so that several replicas share one store; unset: an SQLite file, DATA_DIR/faces.sqlite3.
     database_url: str = ""
+    # INDEX_DIR: where each project's vector index of the face store is written, with the last face it holds,
+    # so that a new worker reads it and catches up on the faces stored since instead of reading all of the
+    # project's faces (12-30 s at 10^6); a file that cannot be trusted is rebuilt. Unset: DATA_DIR/indexes.
+    index_dir: Path | None = None
+    # INDEX_CACHE_MB: memory a worker's vector indexes may take (~370 MiB per 10^6 faces of 128-d
+    # descriptors); past it the least recently used project's index leaves memory until it is next needed.
+    index_cache_mb: int = 1024
     host: str = "0.0.0.0"  # HOST
     port: int = 9090  # PORT
     workers: int = 1  # WORKERS: gunicorn worker processes (each loads the models)
@@ -123,8 +133,9 @@ class Settings:
     # PRELABEL_PUSH: predictions sent to Label Studio in one request (its import API creates them atomically
     # up to 500).
     prelabel_push: int = 200
-    # RAY_ADDRESS: run prelabel/annotate on this Ray cluster (host:6379, or "auto" on a node of it) instead of
-    # in this process; needs requirements-ray.txt and DATABASE_URL (the actors share the face store).
+    # RAY_ADDRESS: run prelabel/annotate and recluster on this Ray cluster (host:6379, or "auto" on a node of
+    # it) instead of in this process; needs requirements-ray.txt, and for prelabel/annotate DATABASE_URL (the
+    # actors share the face store; recluster's workers only compute, the driver reads and writes the store).
     ray_address: str = ""
     # RAY_ACTORS: Ray actors that predict (each loads the models once); 0: one per RAY_ACTOR_CPUS CPUs of the
     # cluster. RAY_ACTOR_CPUS: CPUs each actor reserves, and the threads its models use.

@@ -1,6 +1,8 @@
-"""Identity clustering (backend.vision.clustering.cluster_identities) time and peak memory by number of faces.
+"""Identity clustering (backend.vision.clustering.cluster_identities) time and peak memory by number of faces;
+with --ray, re-clustering whole projects in this process and on Ray.
 
     python -m bench.clustering [--sizes 10000 20000 100000 1000000] [--memory-limit-gib 16]
+    python -m bench.clustering --ray [--sizes 1000000] [--database-url postgresql://...]
 
 The descriptors are synthetic: 128-d unit vectors (dlib_resnet's size), ten faces per person on average,
 each face its person's direction plus noise that puts faces of one person ~0.03 cosine distance apart
@@ -11,15 +13,28 @@ fit fails there with MemoryError instead of driving a shared machine into the OO
 agglomerative clustering (scipy's linkage) holds all n(n-1)/2 pairwise distances as float64. A whole
 project is re-clustered without that matrix (backend.storage.identities.cluster_project; measured at 10^6
 faces by bench/identity_store.py).
+
+--ray: a project of `size` such faces is written to a face store (SQLite in a temporary folder, and the
+PostgreSQL database of --database-url) as bench/identity_store.py does, then re-clustered as
+`autoannotator recluster` does it (service.recluster.recluster: read the faces, cluster them, write the
+identities; no Label Studio), in a child process of its own: once in that process, then on a local Ray
+cluster that the child starts first (Ray's start is not timed), of this machine's cores. The second run
+starts from the first's identities, so it moves no face when it finds the same clusters. Peak memory is
+the largest sum, sampled every SAMPLE_SECONDS, of the proportional set size (PSS: shared pages, as Ray's
+object store, counted once) of the child and every process it started (Ray's processes and workers).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -29,18 +44,30 @@ from backend.vision.manifest import load_manifest
 from .common import DIM, FACES_PER_PERSON, REPO_ROOT, faces_of, machine, markdown_table, person_directions, write_results
 
 CHILD_TIMEOUT = 240  # seconds per size
+SAMPLE_SECONDS = 0.5  # --ray: how often the memory of a re-clustering and its processes is read
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", help="numbers of faces (default: 10^4, 2x10^4, 10^5, "
+                        "10^6; with --ray: 10^6)")
     parser.add_argument("--memory-limit-gib", type=float, default=16.0)
+    parser.add_argument("--ray", action="store_true", help="re-cluster whole projects in a process and on Ray")
+    parser.add_argument("--database-url", help="--ray: also with this PostgreSQL face store (postgresql://...)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one size, in the child process
+    parser.add_argument("--recluster", nargs=4, help=argparse.SUPPRESS)  # --ray's child: where, mode, size, project
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(args.child, args.memory_limit_gib)))
         return
+    if args.recluster:
+        _recluster_child(*args.recluster)
+        return
+    if args.ray:
+        _ray_main(args.sizes or [1_000_000], args.database_url)
+        return
 
+    args.sizes = args.sizes or [10_000, 20_000, 100_000, 1_000_000]
     machine_line = machine()
     rows = []
     for size in args.sizes:
@@ -104,6 +131,124 @@ def _child(size: int, limit_gib: float) -> dict:
 
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _ray_main(sizes: list[int], database_url: str | None) -> None:
+    from .identity_store import _bulk_fill, _open, _planted
+
+    machine_line = machine()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-clustering-ray-") as directory:
+        databases = {"SQLite": str(Path(directory) / "faces.sqlite3")}
+        if database_url:
+            databases["PostgreSQL"] = database_url
+        for database, where in databases.items():
+            for size in sizes:
+                project = f"bench-ray-{size}-{time.time_ns()}"
+                _, _, planted, descriptors = _planted(size)
+                fill = _bulk_fill(_open(where), project, planted, descriptors)
+                del planted, descriptors
+                for mode, run in (("in-process", "in this process"), ("ray", "Ray, local cluster")):
+                    r = _measured_recluster(where, mode, size, project)
+                    rows.append([database, f"{size:,}", f"{fill:.0f}", run,
+                                 f"{r['seconds']:.0f} ({r['read']:.0f} + {r['cluster']:.0f} + {r['write']:.0f})",
+                                 f"{r['peak_mib'] / 1024:.2f}", f"{r['driver_mib'] / 1024:.2f}",
+                                 f"{r['others_mib'] / 1024:.2f}", f"{r['clusters']:,}", f"{r['moved']:,}",
+                                 f"{r['f1']:.4f}"])
+                    print(rows[-1], flush=True)
+    sections = [
+        f"Synthetic faces ({DIM}-d, {FACES_PER_PERSON} per planted person, stored with their planted person as "
+        "identity), re-clustered as `autoannotator recluster` does (read, cluster, write; no Label Studio), in "
+        "a child process: in it, then on a local Ray cluster of this machine's cores (started before the "
+        "timing; the clustering's shards run as Ray tasks of one CPU). The second run starts from the first's "
+        "identities: it moves no face when its clusters are the first's. The machine is shared with other "
+        "jobs: times move by ~20% or more between runs.",
+        markdown_table(["database", "faces", "bulk fill (s)", "run", "recluster (s): read + cluster + write",
+                        "peak memory, all processes (GiB, PSS)", "of which the driver", "of which Ray's processes",
+                        "clusters", "faces moved", "BCubed F1 vs planted"], rows),
+    ]
+    path = write_results("clustering_ray", "Re-clustering a whole project: in one process and on Ray",
+                         machine_line, sections)
+    command = f"python -m bench.clustering --ray --sizes {' '.join(map(str, sizes))}"
+    path.write_text(path.read_text().replace("`python -m bench.clustering_ray`", f"`{command}`"))
+
+
+def _measured_recluster(where: str, mode: str, size: int, project: str) -> dict:
+    """_recluster_child's outcome, with the peak memory of it and its processes while it re-clustered."""
+    command = [sys.executable, "-m", "bench.clustering", "--recluster", where, mode, str(size), project]
+    child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    lines = []
+
+    def read() -> None:
+        for line in child.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peak = {"peak_mib": 0.0, "driver_mib": 0.0, "others_mib": 0.0}
+    while not lines and child.poll() is None:  # its first line comes when the re-clustering is done
+        driver, others = _pss_mib([child.pid]), _pss_mib(_descendants(child.pid))
+        if driver + others > peak["peak_mib"]:
+            peak.update(peak_mib=driver + others, driver_mib=driver, others_mib=others)
+        time.sleep(SAMPLE_SECONDS)
+    reader.join()
+    if child.wait() != 0 or len(lines) < 2:
+        raise SystemExit(f"recluster {mode} of {size:,} faces failed (exit {child.returncode})")
+    return {**json.loads(lines[0]), **json.loads(lines[1]), **peak}
+
+
+def _recluster_child(where: str, mode: str, size: str, project: str) -> None:
+    from backend.service.ray_pipeline import join_cluster
+    from backend.service.recluster import recluster
+
+    from .identity_store import _bcubed_f1, _open, _planted, _threshold
+    from .prelabel import RAY_LOOPBACK
+
+    store = _open(where)
+    ray_address = "local" if mode == "ray" else ""
+    if ray_address:
+        os.environ.update(RAY_LOOPBACK)
+        join_cluster(ray_address, RuntimeError)
+    stages = {}
+    started = time.perf_counter()
+    result = recluster(store, project, _threshold(), None, None,
+                       lambda fraction, stage: stages.setdefault(stage, time.perf_counter() - started), ray_address)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "read": stages["clustering"],
+                      "cluster": stages["saving identities"] - stages["clustering"],
+                      "write": seconds - stages["saving identities"], **result}), flush=True)
+    shown = store.shown_ids(project)
+    identity = np.unique([shown[(str(face), "face1")] for face in range(int(size))], return_inverse=True)[1]
+    print(json.dumps({"f1": _bcubed_f1(_planted(int(size))[2], identity)}), flush=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process that `pid` started, and that those started, ..."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # (the name may hold spaces and parentheses)
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _pss_mib(pids: list[int]) -> float:
+    """The processes' proportional set size: their own memory, and their share of what they share."""
+    kib = 0
+    for pid in pids:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # (it ended)
+            continue
+        kib += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return kib / 1024
 
 
 if __name__ == "__main__":

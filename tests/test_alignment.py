@@ -114,3 +114,13 @@ def test_three_landmarks_give_nearly_the_five_point_chip(real_face):
     # the eyes and nose of the real face land within a few pixels of the template from three points too
     assert np.abs(apply(from_three, landmarks[:3]) - ARCFACE_TEMPLATE_112[:3]).max() < 6
     assert align_face(image, partial).shape == (112, 112, 3)
+
+
+def test_a_smaller_face_scale_keeps_the_face_centred_with_more_around_it(real_face):
+    # face_scale 0.5 on a chip twice the size is the same face at the same size, with as much again around it:
+    # its middle half must be the 112-px ArcFace chip.
+    image, landmarks = real_face
+    chip, wide = align_face(image, landmarks, 112), align_face(image, landmarks, 224, face_scale=0.5)
+    assert wide.shape == (224, 224, 3)
+    difference = np.abs(wide[56:168, 56:168].astype(float) - chip.astype(float))[4:108, 4:108]
+    assert difference.mean() < 3, difference.mean()

@@ -349,8 +349,12 @@ def test_eval_scores_reduced_images_in_the_image_pixels(tmp_path, photos, two_ph
         monkeypatch.setenv("MAX_WORK_PIXELS", budget)
         out[budget] = tmp_path / budget
         assert cli(["eval", "--gt", str(photos / "ground_truth_coco.json"), "--images", str(two_photos),
-                    "--out", str(out[budget]), "--presets", "fast", "--flip", "off"]) == 0
+                    "--out", str(out[budget]), "--presets", "fast", "--flip", "off", "--match-iou", "0.4"]) == 0
     whole, reduced = ((out[b] / "report.md").read_text() for b in ("16000000", "120000"))
-    for report in (whole, reduced):  # BlazeFace still finds the three faces where they are
-        assert "| blazeface | 1.000 |" in report.split("## Faces")[1].split("##")[0]
+    # BlazeFace still finds the three faces where they are: 3 shown, none missing, none false. (Reduced, the
+    # street photo's faces are 12-15 px wide, and BlazeFace frames one at IoU 0.4-0.5 with its box; boxes
+    # scaled back wrong would miss by far.)
+    for report in (whole, reduced):
+        assert "| 3 | 0 | 0 |" in next(line for line in report.split("## Faces")[1].splitlines()
+                                      if line.startswith("| blazeface |"))
     assert cv2.imread(str(out["120000"] / "worst_misses.png")) is not None

@@ -306,8 +306,10 @@ def app(tmp_path_factory):
     from backend.config import Settings
     from backend.service.app import CONTEXT, create_app
 
+    # (AUTO_RECLUSTER off: a re-clustering job started by /predict would be a job of the project, which the
+    # operations tested here refuse to overlap, and test_auto_recluster.py tests it.)
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data"), local_files_root=PHOTOS_DIR,
-                              basic_auth_user=USER, basic_auth_pass=PASSWORD))
+                              basic_auth_user=USER, basic_auth_pass=PASSWORD, auto_recluster=0))
     app.testing = True
     client = app.test_client()
     tasks = [{"id": 100 + i, "data": {"image": str(PHOTOS_DIR / photo)}} for i, photo in enumerate(HTTP_PHOTOS)]

@@ -35,7 +35,8 @@ class AppContext:
         return cls(
             settings=settings,
             annotator=annotator or Annotator.from_settings(settings),
-            store=FaceStore.open(settings.database_url, settings.data_dir),
+            store=FaceStore.open(settings.database_url, settings.data_dir, settings.index_dir,
+                                 settings.index_cache_mb),
             label_studio=label_studio,
             images=ImageLoader(settings, label_studio),
         )

@@ -54,13 +54,22 @@ def _read(source: Source):
     return read
 
 
-def _on_ray(run: Run, source: Source, address: str) -> Iterator[list[Outcome]]:
+def join_cluster(address: str, error: type[Exception]):
+    """The ray module, joined to the Ray cluster at `address` (`local`: a new one on this machine); raises
+    `error`, the caller's own exception class, saying why when it cannot."""
     try:
         import ray
-        import ray.data
     except ImportError:
-        raise PrelabelError("Ray is not installed: pip install --no-deps -r requirements-ray.txt "
-                            "(on every node of the cluster)") from None
+        raise error("Ray is not installed: pip install --no-deps -r requirements-ray.txt "
+                    "(on every node of the cluster)") from None
+    try:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as failure:
+        raise error(f"cannot join the Ray cluster at {address}: {first_line(failure)}") from None
+    return ray
+
+
+def _on_ray(run: Run, source: Source, address: str) -> Iterator[list[Outcome]]:
     settings = run.settings
     if not settings.database_url:
         raise PrelabelError("on Ray, the actors share the face store: set DATABASE_URL to a PostgreSQL database "
@@ -70,10 +79,9 @@ def _on_ray(run: Run, source: Source, address: str) -> Iterator[list[Outcome]]:
     # Paths in the settings mean this machine's working directory; actors run in other directories.
     run = dataclasses.replace(run, settings=dataclasses.replace(
         settings, data_dir=settings.data_dir.resolve(), models_dir=settings.models_dir.resolve()))
-    try:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise PrelabelError(f"cannot join the Ray cluster at {address}: {_first_line(error)}") from None
+    ray = join_cluster(address, PrelabelError)
+    import ray.data  # (requirements-ray.txt installs Ray Data's own dependencies)
+
     # Ray Data logs each dataset's plan and progress at INFO; the run reports its own progress.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     actors = settings.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // settings.ray_actor_cpus))
@@ -98,8 +106,8 @@ def _on_ray(run: Run, source: Source, address: str) -> Iterator[list[Outcome]]:
         raise
     except Exception as error:  # Ray's errors carry the remote traceback: into the log, not the message
         logger.exception("the run failed on Ray")
-        raise PrelabelError(f"the run failed on Ray: {_first_line(error)} (the log has the details)") from None
+        raise PrelabelError(f"the run failed on Ray: {first_line(error)} (the log has the details)") from None
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

@@ -2,7 +2,9 @@
 
 Run by `autoannotator recluster --project ID` and by POST /recluster {"project": ID}, which answers at once
 with a job id and works in a background thread; the job's status lives in the face store, so that any
-worker or replica answers GET /recluster/<job>.
+worker or replica answers GET /recluster/<job>. With a Ray cluster (--ray or RAY_ADDRESS), the clustering's
+shards run on its workers (ray_recluster.py); this process reads the faces, writes the identities and
+updates Label Studio either way.
 
 Label Studio is spoken to with plain requests through LabelStudioClient (which already handles legacy
 tokens and personal access tokens): three REST calls do not justify label-studio-sdk's dependency tree.
@@ -38,14 +40,22 @@ class ReclusterError(ValueError):
 
 
 def recluster(store: FaceStore, project: str, threshold: float, label_studio: LabelStudioClient | None,
-              output_spec: Callable[[str], OutputSpec], progress: Progress) -> dict:
+              output_spec: Callable[[str], OutputSpec], progress: Progress, ray_address: str = "") -> dict:
     """Re-cluster the project's faces (identity numbers carried over), then update its predictions in Label
-    Studio when `label_studio` is configured. Returns counts of what changed."""
+    Studio when `label_studio` is configured. Returns counts of what changed. The clustering runs on the
+    Ray cluster at `ray_address` when one is given, else in this process."""
     progress(0.0, "reading faces")
     before = store.faces(project)
     if not before.tasks:
         raise ReclusterError(f"project {project} has no faces in the face store")
-    labels = cluster_project(before.descriptors, threshold, lambda done: progress(0.05 + 0.6 * done, "clustering"))
+    executor = None
+    if ray_address:
+        from .ray_recluster import RayExecutor  # here: Ray is an optional extra, and ray_recluster imports this module
+
+        executor = RayExecutor(ray_address)
+    progress(0.05, "clustering")
+    labels = cluster_project(before.descriptors, threshold, lambda done: progress(0.05 + 0.6 * done, "clustering"),
+                             executor, before.quality)
     progress(0.65, "saving identities")
     result = store.relabel(project, before, labels)
     if label_studio is not None and label_studio.configured and project.isdigit():  # (not an annotate --project name)
@@ -121,7 +131,40 @@ def start_job(context: AppContext, body) -> dict:
     job, new = context.store.create_job(str(project))
     if not new:
         raise ReclusterError(f"project {project} is being re-clustered already: GET /recluster/{job}", 409)
-    jobs.start(context.store, "recluster", job, str(project), lambda progress: recluster(
-        context.store, str(project), context.annotator.identity_distance, context.label_studio, context.output_spec,
-        progress))
+    _run_job(context, str(project), job)
     return context.store.job(job)
+
+
+def start_if_due(context: AppContext, project: str | None) -> str | None:
+    """After /predict stored faces of a Label Studio project: a re-clustering job when the project has grown
+    enough since its last one (recluster_due); the job's id, or None."""
+    growth = context.settings.auto_recluster
+    if growth <= 0 or project is None or not project.isdigit():
+        return None
+    if not recluster_due(*context.store.faces_since_recluster(project), growth):
+        return None
+    job, new = context.store.create_job(project)
+    if not new:  # a job of the project runs: it re-clusters, or the next /predict will ask again
+        return None
+    logger.info("project %s has grown by AUTO_RECLUSTER=%g since its last re-clustering: job %s", project, growth, job)
+    _run_job(context, project, job)
+    return job
+
+
+# A project is re-clustered automatically once it holds this many faces more than at its last re-clustering,
+# however small it is: below that, a few new faces change little, and each job rewrites predictions.
+AUTO_RECLUSTER_MIN_NEW_FACES = 10
+
+
+def recluster_due(faces: int, faces_then: int, growth: float) -> bool:
+    """Whether a project of `faces` faces, `faces_then` at its last re-clustering (0: never), has grown by
+    the fraction `growth` (and by AUTO_RECLUSTER_MIN_NEW_FACES): re-clustering at a constant growth costs
+    a constant multiple of one re-clustering of the project's final size, however it grew."""
+    new = faces - faces_then
+    return new >= max(AUTO_RECLUSTER_MIN_NEW_FACES, growth * faces_then)
+
+
+def _run_job(context: AppContext, project: str, job: str) -> None:
+    jobs.start(context.store, "recluster", job, project, lambda progress: recluster(
+        context.store, project, context.annotator.identity_distance, context.label_studio, context.output_spec,
+        progress, context.settings.ray_address), expected=(ReclusterError,))

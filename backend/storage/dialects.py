@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -38,6 +39,11 @@ class SQLiteDialect:
         connection.execute("BEGIN IMMEDIATE")
 
     @staticmethod
+    def pipeline(connection):
+        """Statements run in-process: nothing to gather into fewer round trips."""
+        return nullcontext()
+
+    @staticmethod
     def sql(text: str) -> str:
         return text
 
@@ -64,6 +70,12 @@ class PostgreSQLDialect:
         for each other, other projects' writers and all readers do not."""
         connection.execute("BEGIN")
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_number(lock),))
+
+    @staticmethod
+    def pipeline(connection):
+        """Within it, statements are sent without waiting for their answers until a result is read
+        (psycopg's pipeline mode): the statements between two reads cost one round trip to the server."""
+        return connection.pipeline()
 
     @staticmethod
     def sql(text: str) -> str:

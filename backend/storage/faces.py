@@ -18,11 +18,12 @@ project are applied one after the other, and a killed process leaves either all 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ import numpy as np
 from .dialects import dialect_for
 from .identities import (CONFIRMED_WEIGHT, NEIGHBOURS, assignment_confidence, carry_over, face_weights,
                          match_groups, unit, vote_weights)
-from .vector_index import FaceIndex
+from .vector_index import FaceIndex, IndexCache
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS projects (
@@ -100,6 +103,11 @@ SCHEMA = (
         undone BOOLEAN NOT NULL,
         created DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (project, entry))""",
+    # How many faces a project held when it was last re-clustered: when it is due again (AUTO_RECLUSTER).
+    """CREATE TABLE IF NOT EXISTS reclusterings (
+        project TEXT PRIMARY KEY,
+        faces BIGINT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL)""",
     # Where each task of a prelabel or annotate run stands (prelabel_state.py): what a resumed run skips.
     """CREATE TABLE IF NOT EXISTS prelabel_tasks (
         project TEXT NOT NULL,
@@ -119,8 +127,17 @@ PERSON_ID = re.compile(r"person_(\d+)")
 JOB_STALE_SECONDS = 60
 # The model_version of faces that annotators drew by hand: nothing but their annotation vouches for them.
 HAND_DRAWN = "hand-drawn"
+INSERT_FACE = ("INSERT INTO faces (project, id, task, region, x1, y1, x2, y2, landmarks, descriptor, identity, "
+               "model_version, confirmed, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+               "ON CONFLICT (project, task, region) DO NOTHING")
 # Rows read or looked up per statement (SQLite allows 32766 parameters, PostgreSQL 65535).
 LOOKUP_ROWS = 10_000
+# A request compares its faces directly with at most this many faces stored since its process's index last
+# caught up (more: it searches the caught-up index, one round trip more).
+RECENT_UP_TO = 5000
+# A search that met faces deleted since the index learned them is run again without them, up to this many
+# times, so that deleted faces never take the places of live ones among a face's nearest.
+DELETED_RESEARCHES = 3
 
 
 def display_id(identity: int, name: str | None) -> str:
@@ -169,22 +186,31 @@ class ProjectFaces:
     identities: np.ndarray  # (N,) identity numbers
     confirmed: np.ndarray  # (N,) bool
     descriptors: np.ndarray  # (N, D) float32
+    quality: np.ndarray  # (N,) 0..1
 
 
 class FaceStore:
-    def __init__(self, dialect):
+    def __init__(self, dialect, index_dir: Path | None = None, index_cache_mb: int = 1024):
+        """index_dir: where each project's vector index is written, so that other processes read it instead
+        of all of the project's faces (None: nowhere); index_cache_mb: the memory this store's indexes may
+        take, the least recently used leaving first (vector_index.IndexCache)."""
         self.dialect = dialect
         self._local = threading.local()  # one connection per thread: neither driver shares them across threads
-        self._indexes: dict[tuple[str, int], FaceIndex] = {}  # (project, descriptor size) -> its vector index
-        self._indexes_lock = threading.Lock()
+        self._indexes = IndexCache(index_dir, index_cache_mb * 2**20)  # (project, descriptor size) -> its index
         with self._locked("schema") as db:  # several workers may start at once
             for statement in SCHEMA:
                 self._run(db, statement.format(blob=dialect.blob_type))
             self._number_faces(db)
 
     @classmethod
-    def open(cls, database_url: str, data_dir: Path) -> "FaceStore":
-        return cls(dialect_for(database_url, data_dir))
+    def open(cls, database_url: str, data_dir: Path, index_dir: Path | None = None,
+             index_cache_mb: int = 1024) -> "FaceStore":
+        """index_dir: by default DATA_DIR/indexes."""
+        return cls(dialect_for(database_url, data_dir), index_dir or Path(data_dir) / "indexes", index_cache_mb)
+
+    def flush_indexes(self) -> None:
+        """Wait until the vector indexes due to be written to index_dir are written."""
+        self._indexes.flush()
 
     def __str__(self) -> str:
         return str(self.dialect)
@@ -210,22 +236,63 @@ class FaceStore:
         groups, first_face, group_of = np.unique([f.group for f in faces], return_index=True, return_inverse=True)
         quality = np.array([f.quality for f in faces], dtype=np.float64)
         thresholds = np.full(len(groups), float(threshold))
-        with self._locked(f"project:{project}") as db:
+        tasks = sorted({f.task for f in faces})
+        index = self._indexes.get(project, descriptors.shape[1])  # (read from its file outside the transaction)
+        # Searched before the transaction, in the index as this process holds it: the faces stored since come
+        # with the lock (_catch_up), and are compared with the request's faces directly (_with_recent).
+        held = index.last_id
+        ids, similarities = index.search(descriptors, NEIGHBOURS)
+        found = np.unique(ids[ids >= 0])
+        # Pipelined (see _locked): all that the request reads travels with the lock in one round trip, all
+        # that it writes with the commit in another; founding new people takes one more, for their numbers.
+        with self._locked(f"project:{project}", pipelined=True) as db:
+            catching_up = self._send_catch_up(db, project, held)
+            earlier = self._run(db, f"SELECT id, task, region, identity, confirmed, descriptor FROM faces WHERE "
+                                    f"project = ? AND task IN ({', '.join('?' * len(tasks))})", (project, *tasks))
+            looking_up = self._send_look_up(db, found, identities=True)
+            numbering = self._send_face_ids(db, len(faces))
+            index, recent = self._catch_up(db, project, index, catching_up, held)
+            (who, rows), earlier = self._looked_up(looking_up), earlier.fetchall()
+            if recent is None or len(who) < len(found):  # a rebuilt index, many new faces, or deleted faces met
+                index.remove(np.setdiff1d(found, list(who)))
+                ids, similarities, who = self._neighbours(db, index, descriptors)
+            else:
+                ids, similarities = _with_recent(ids, similarities, recent[0], recent[1], descriptors)
+                who.update(recent[2])
             # Matched before the tasks' earlier faces are forgotten: a task predicted again keeps its ids.
-            joined, distance = self._match(db, project, descriptors, group_of, thresholds)
-            forgotten_ids, forgotten_identities = self._forget_predictions(db, project, sorted({f.task for f in faces}))
+            joined, distance = _vote(ids, similarities, who, group_of, thresholds)
+            face_ids = _numbers_up_to(numbering, len(faces))
+            forgotten = [row for row in earlier if not row[4]]  # the tasks' predicted faces; confirmed ones stay
+            forgotten_identities = [row[3] for row in forgotten]
+            newcomers = [g for g in np.argsort(first_face) if joined[g] < 0]  # numbered in the order they appear
+            # Identities of the tasks' earlier faces and of faces the index lacked before the request that are
+            # not among its neighbours' (rare: a task predicted again is its earlier face's neighbour): read now.
+            reading = self._send_identity_rows(db, project, sorted({*joined[joined >= 0].tolist(),
+                                                                     *forgotten_identities} - rows.keys()))
             chosen = joined.copy()
-            for g in np.argsort(first_face):  # new people are numbered in the order they first appear
-                if joined[g] < 0:
-                    chosen[g] = self._new_identity(db, project)
+            if newcomers:
+                chosen[newcomers] = _numbers_up_to(self._send_new_identities(db, project, len(newcomers)),
+                                                   len(newcomers))
+            rows.update(self._identity_rows_from(reading))
             identities = chosen[group_of]
-            stored = np.array([self._insert_face(db, project, face, identity, descriptor, model_version, False, face_id)
-                               for face, identity, descriptor, face_id in zip(
-                                   faces, identities, descriptors, self._face_ids(db, len(faces)))])
-            self._shift(db, project, identities[stored], descriptors[stored], weights=1.0, counts=1)
+            # A task's region an annotator confirmed keeps the annotator's face (the insert would do nothing).
+            taken = {(task, region) for _, task, region, _, confirmed, _ in earlier if confirmed}
+            stored = np.zeros(len(faces), dtype=bool)
+            for i, face in enumerate(faces):
+                stored[i] = (face.task, face.region) not in taken
+                taken.add((face.task, face.region))
+            self._many(db, "DELETE FROM faces WHERE id = ?", [(row[0],) for row in forgotten])
+            self._many(db, INSERT_FACE, [self._face_row(project, face, identity, descriptor, model_version, False,
+                                                        face_id)
+                                         for face, identity, descriptor, face_id, new in zip(
+                                             faces, identities, descriptors, face_ids, stored) if new])
+            self._shift(db, project, [*forgotten_identities, *identities[stored]],
+                        [*(_array(row[5]) for row in forgotten), *descriptors[stored]],
+                        weights=[-1.0] * len(forgotten) + [1.0] * int(stored.sum()),
+                        counts=[-1] * len(forgotten) + [1] * int(stored.sum()), rows=rows)
             self._drop_empty_identities(db, project, forgotten_identities)
-            shown = self._display_ids(db, project, identities)
-        self._unindex(project, forgotten_ids)
+            shown = {int(n): display_id(int(n), rows[n][3] if n in rows else None) for n in set(identities.tolist())}
+        self._unindex(project, [row[0] for row in forgotten])
         confidence = assignment_confidence(quality, distance[group_of], thresholds[group_of], joined[group_of])
         return [Assignment(shown[int(i)], float(c)) for i, c in zip(identities, confidence)]
 
@@ -364,7 +431,7 @@ class FaceStore:
         with self._locked(f"project:{project}") as db:
             [(faces,)] = self._run(db, "SELECT COUNT(*) FROM faces WHERE project = ?", (project,)).fetchall()
             for table in ("faces", "identities", "annotations", "projects", "jobs", "thumbnails", "review_log",
-                          "prelabel_tasks"):
+                          "prelabel_tasks", "reclusterings"):
                 self._run(db, f"DELETE FROM {table} WHERE project = ?", (project,))
         return {"deleted": faces}
 
@@ -396,15 +463,23 @@ class FaceStore:
     # Re-clustering ----------------------------------------------------------------------------------
 
     def faces(self, project: str) -> ProjectFaces:
-        rows = self._run(self._connection(), "SELECT task, region, identity, confirmed, descriptor FROM faces "
-                                             "WHERE project = ? ORDER BY task, region", (project,)).fetchall()
+        rows = self._run(self._connection(), "SELECT task, region, identity, confirmed, descriptor, quality FROM "
+                                             "faces WHERE project = ? ORDER BY task, region", (project,)).fetchall()
         return ProjectFaces(
             tasks=[r[0] for r in rows],
             regions=[r[1] for r in rows],
             identities=np.array([r[2] for r in rows], dtype=np.int64),
             confirmed=np.array([bool(r[3]) for r in rows], dtype=bool),
             descriptors=np.stack([_array(r[4]) for r in rows]) if rows else np.zeros((0, 0), np.float32),
+            quality=np.array([r[5] for r in rows], dtype=np.float64),
         )
+
+    def faces_since_recluster(self, project: str) -> tuple[int, int]:
+        """(faces the project holds, faces it held at its last re-clustering, 0 if none)."""
+        db = self._connection()
+        [(faces,)] = self._run(db, "SELECT COUNT(*) FROM faces WHERE project = ?", (project,)).fetchall()
+        then = self._run(db, "SELECT faces FROM reclusterings WHERE project = ?", (project,)).fetchone()
+        return int(faces), int(then[0]) if then else 0
 
     def relabel(self, project: str, before: ProjectFaces, labels: np.ndarray) -> dict:
         """Apply a re-clustering of `before` (a snapshot of faces(project)): each cluster keeps the identity
@@ -427,6 +502,9 @@ class FaceStore:
                     moves.append((new, project, task, region))
             self._many(db, "UPDATE faces SET identity = ? WHERE project = ? AND task = ? AND region = ?", moves)
             self._rebuild_identities(db, project)
+            self._run(db, "INSERT INTO reclusterings (project, faces, updated) VALUES (?, ?, ?) ON CONFLICT (project) "
+                          "DO UPDATE SET faces = excluded.faces, updated = excluded.updated",
+                      (project, len(before.tasks), time.time()))
         return {"faces": len(before.tasks), "moved": len(moves), "clusters": len(np.unique(labels))}
 
     def shown_ids(self, project: str) -> dict[tuple[str, str], str]:
@@ -491,30 +569,44 @@ class FaceStore:
         return connection
 
     @contextmanager
-    def _locked(self, lock: str):
+    def _locked(self, lock: str, pipelined: bool = False):
+        """A transaction holding `lock`, committed when the block ends, rolled back when it raises.
+
+        pipelined: on PostgreSQL, statements are sent without waiting for their answers until a result is
+        read (psycopg's pipeline mode): the statements issued between two reads, the commit included, cost
+        one round trip together. The block reads every result it needs (fetch*, not cursor.rowcount), and
+        sends a statement only once what it depends on was read. SQLite has no round trips to save."""
         db = self._connection()
-        self.dialect.begin_locked(db, lock)
         try:
-            yield db
+            with self.dialect.pipeline(db) if pipelined else nullcontext():
+                self.dialect.begin_locked(db, lock)
+                yield db
+                db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def _run(self, db, sql: str, params=()):
         return db.execute(self.dialect.sql(sql), params)
 
     def _many(self, db, sql: str, rows: list) -> None:
-        if rows:
+        if len(rows) == 1:  # (psycopg's executemany costs more than one execute)
+            self._run(db, sql, rows[0])
+        elif rows:
             db.cursor().executemany(self.dialect.sql(sql), rows)
 
     def _new_identity(self, db, project: str, name: str | None = None) -> int:
-        [number] = self._run(db, "INSERT INTO projects (project, last_identity) VALUES (?, 1) ON CONFLICT (project) "
-                                 "DO UPDATE SET last_identity = projects.last_identity + 1 RETURNING last_identity",
-                             (project,)).fetchone()
+        [number] = _numbers_up_to(self._send_new_identities(db, project, 1), 1).tolist()
         self._run(db, "INSERT INTO identities (project, identity, name, faces, weight, descriptor_sum) "
                       "VALUES (?, ?, ?, 0, 0, ?)", (project, number, name, b""))
         return number
+
+    def _send_new_identities(self, db, project: str, count: int):
+        """Takes `count` new identity numbers of the project (_numbers_up_to reads them; their rows are the
+        caller's to insert)."""
+        return self._run(db, "INSERT INTO projects (project, last_identity) VALUES (?, ?) ON CONFLICT (project) "
+                             "DO UPDATE SET last_identity = projects.last_identity + ? RETURNING last_identity",
+                         (project, count, count))
 
     def _insert_face(self, db, project, face: NewFace, identity, descriptor, model_version, confirmed,
                      face_id: int | None = None) -> bool:
@@ -522,33 +614,27 @@ class FaceStore:
         face_id: one of _face_ids (a new one when not given)."""
         if face_id is None:
             [face_id] = self._face_ids(db, 1)
-        cursor = self._run(
-            db, "INSERT INTO faces (project, id, task, region, x1, y1, x2, y2, landmarks, descriptor, identity, "
-                "model_version, confirmed, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (project, task, region) DO NOTHING",
-            (project, int(face_id), face.task, face.region, *map(float, face.box), _blob(face.landmarks, np.float32),
-             _blob(descriptor, np.float32), int(identity), model_version, confirmed, float(face.quality)))
+        cursor = self._run(db, INSERT_FACE, self._face_row(project, face, identity, descriptor, model_version,
+                                                           confirmed, face_id))
         return cursor.rowcount == 1
+
+    @staticmethod
+    def _face_row(project, face: NewFace, identity, descriptor, model_version, confirmed, face_id) -> tuple:
+        """INSERT_FACE's values."""
+        return (project, int(face_id), face.task, face.region, *map(float, face.box), _blob(face.landmarks, np.float32),
+                _blob(descriptor, np.float32), int(identity), model_version, confirmed, float(face.quality))
 
     def _face_ids(self, db, count: int) -> np.ndarray:
         """`count` new face ids, above every id ever handed out. The sequence's row stays locked until the
         transaction ends, so faces become visible in the order of their ids (see vector_index.py); other
         projects' writers wait for it only from here to the commit."""
-        [last] = self._run(db, "INSERT INTO face_sequence (one, last_face, generation) VALUES (1, ?, ?) "
-                               "ON CONFLICT (one) DO UPDATE SET last_face = face_sequence.last_face + ? "
-                               "RETURNING last_face", (count, uuid.uuid4().hex, count)).fetchone()
-        return np.arange(last - count + 1, last + 1, dtype=np.int64)
+        return _numbers_up_to(self._send_face_ids(db, count), count)
 
-    def _forget_predictions(self, db, project: str, tasks: list[str]) -> tuple[list[int], list[int]]:
-        """Delete the tasks' predicted faces; returns their ids and identities."""
-        marks = ", ".join("?" * len(tasks))
-        rows = self._run(db, f"SELECT id, identity, descriptor FROM faces WHERE project = ? AND task IN ({marks}) "
-                             "AND NOT confirmed", (project, *tasks)).fetchall()
-        if rows:
-            self._shift(db, project, [r[1] for r in rows], [_array(r[2]) for r in rows], weights=-1.0, counts=-1)
-            self._run(db, f"DELETE FROM faces WHERE project = ? AND task IN ({marks}) AND NOT confirmed",
-                      (project, *tasks))
-        return [r[0] for r in rows], [r[1] for r in rows]
+    def _send_face_ids(self, db, count: int):
+        """_face_ids's statement alone, so that it can travel with others (_numbers_up_to reads the ids)."""
+        return self._run(db, "INSERT INTO face_sequence (one, last_face, generation) VALUES (1, ?, ?) "
+                             "ON CONFLICT (one) DO UPDATE SET last_face = face_sequence.last_face + ? "
+                             "RETURNING last_face", (count, uuid.uuid4().hex, count))
 
     # Nearest faces ----------------------------------------------------------------------------------
 
@@ -556,58 +642,104 @@ class FaceStore:
                thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """identities.match_groups against the project's stored faces of the same descriptor size: faces
         described by another model (the project's models changed) cannot be compared with these."""
-        ids = np.full((len(descriptors), NEIGHBOURS), -1, np.int64)
-        similarities = np.full(ids.shape, -np.inf)
-        index = self._index(db, project, descriptors.shape[1])
-        if index is not None:
-            ids, similarities = index.search(descriptors, NEIGHBOURS)
-        found = np.unique(ids[ids >= 0])
-        rows = []
-        for start in range(0, len(found), LOOKUP_ROWS):
-            chunk = found[start:start + LOOKUP_ROWS].tolist()
-            # By id alone, through its unique index: a plan that cannot go wrong on a project that grew since
-            # PostgreSQL last gathered statistics (with `project = ?`, it scanned all of a new project's faces).
-            rows += self._run(db, f"SELECT id, identity, confirmed, quality FROM faces WHERE id IN "
-                                  f"({', '.join('?' * len(chunk))})", chunk).fetchall()
-        if len(rows) < len(found):  # deleted since this index learned them
-            index.remove(np.setdiff1d(found, [r[0] for r in rows]))
-        identity_of = {face_id: (identity, bool(confirmed), quality) for face_id, identity, confirmed, quality in rows}
-        neighbours = [identity_of.get(face_id, (-1, False, 1.0)) for face_id in ids.ravel().tolist()]
-        identities = np.array([n[0] for n in neighbours], dtype=np.int64).reshape(ids.shape)
-        weights = vote_weights([n[1] for n in neighbours], [n[2] for n in neighbours]).reshape(ids.shape)
-        distances = np.where(identities >= 0, 1.0 - similarities, np.inf)
-        return match_groups(group_of, thresholds, identities, weights, distances)
+        index = self._indexes.get(project, descriptors.shape[1])
+        held = index.last_id
+        index, _ = self._catch_up(db, project, index, self._send_catch_up(db, project, held), held)
+        return _vote(*self._neighbours(db, index, descriptors), group_of, thresholds)
 
-    def _index(self, db, project: str, dim: int) -> FaceIndex | None:
-        """The project's vector index of `dim`-value descriptors, caught up with every face stored so far
-        (see vector_index.py for why this sees all of them, with or without the project's lock held)."""
-        sequence = self._run(db, "SELECT last_face, generation FROM face_sequence").fetchone()
-        if sequence is None:
-            return None
-        last, generation = sequence
-        with self._indexes_lock:
-            index = self._indexes.get((project, dim))
-            if index is None or index.generation != generation:
-                index = self._indexes[(project, dim)] = FaceIndex(dim, generation)
+    def _neighbours(self, db, index: FaceIndex, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The NEIGHBOURS nearest faces of each descriptor in the (caught up) index: (Q, k) ids and cosine
+        similarities, and who each one is (_looked_up). Faces deleted since the index learned them leave it,
+        and the search runs again without them."""
+        for _ in range(DELETED_RESEARCHES):
+            ids, similarities = index.search(descriptors, NEIGHBOURS)
+            found = np.unique(ids[ids >= 0])
+            who, _ = self._looked_up(self._send_look_up(db, found))
+            if len(who) == len(found):
+                break
+            index.remove(np.setdiff1d(found, list(who)))
+        return ids, similarities, who
+
+    def _send_look_up(self, db, face_ids: np.ndarray, identities: bool = False) -> list:
+        """Asks who these faces are, and with `identities` their identities' rows; _looked_up reads the
+        answers. By id alone, through its unique index, then the identities' own: a plan that cannot go
+        wrong on a project that grew since PostgreSQL last gathered statistics (with `project = ?`, it
+        scanned all of a new project's faces)."""
+        columns, join = (", i.faces, i.weight, i.descriptor_sum, i.name", " LEFT JOIN identities i ON "
+                         "i.project = f.project AND i.identity = f.identity") if identities else ("", "")
+        return [self._run(db, f"SELECT f.id, f.identity, f.confirmed, f.quality{columns} FROM faces f{join} WHERE "
+                              f"f.id IN ({', '.join('?' * len(chunk))})", chunk)
+                for chunk in (face_ids[start:start + LOOKUP_ROWS].tolist()
+                              for start in range(0, len(face_ids), LOOKUP_ROWS))]
+
+    @staticmethod
+    def _looked_up(sent: list) -> tuple[dict[int, tuple], dict[int, list]]:
+        """{face id: (identity, confirmed, quality)} of the faces that exist, and the rows of their identities
+        as _identity_rows_from gives them (when asked for)."""
+        who, rows = {}, {}
+        for cursor in sent:
+            for face_id, identity, confirmed, quality, *row in cursor.fetchall():
+                who[face_id] = (identity, bool(confirmed), quality)
+                if row and row[0] is not None:
+                    rows[identity] = row
+        return who, rows
+
+    def _send_catch_up(self, db, project: str, above: int):
+        """The face numbering's last id and generation, with the project's faces numbered above `above` (the
+        last one an index holds), up to that id: one statement, one snapshot of the database, in which every
+        face up to that id is visible (vector_index.py). No face ever stored: no row."""
+        return self._run(db, "SELECT s.last_face, s.generation, f.id, f.descriptor, f.identity, f.confirmed, f.quality "
+                             "FROM face_sequence s LEFT JOIN faces f ON f.project = ? AND f.id > ? AND "
+                             "f.id <= s.last_face", (project, int(above)))
+
+    def _catch_up(self, db, project: str, index: FaceIndex, sent, above: int) -> tuple[FaceIndex, tuple | None]:
+        """`index` (or the index that replaces it) with every face of its size stored up to now, from the
+        answer of _send_catch_up(db, project, above), and the faces of that answer: (ids, (M, D) descriptors,
+        who they are as _looked_up says); None when there were more than RECENT_UP_TO or the index was
+        replaced. With or without the project's lock held, and with other threads catching up the same
+        index: each adds the faces above the last one it holds."""
+        first = sent.fetchone()
+        if first is None:  # a database that never stored a face: an index read from a file is of another one
+            if index.last_id:
+                index = self._indexes.fresh(project, index.dim, "")
+            return index, (np.zeros(0, np.int64), np.zeros((0, index.dim), np.float32), {})
+        last, generation = first[0], first[1]
+        replaced = index.generation != generation or index.last_id > last
+        if replaced:
+            if index.last_id:  # read from a file of another numbering, or one ahead of this database
+                logger.warning("face index of project %s is of another face numbering (generation %s, face %d; "
+                               "the database: %s, face %d): rebuilding it", project, index.generation or "?",
+                               index.last_id, generation, last)
+            index = self._indexes.fresh(project, index.dim, generation)
+            if above:  # (the numbering as the first answer saw it: this transaction may have taken ids since)
+                sent = self._send_catch_up(db, project, 0)
+                first = sent.fetchone()
+        size = index.dim * 4  # float32 bytes
+        recent_ids, recent_vectors, recent_who = [], [], {}
         with index.lock:
-            if last > index.last_id:
-                cursor = self._run(db, "SELECT id, descriptor FROM faces WHERE project = ? AND id > ? AND id <= ?",
-                                   (project, index.last_id, last))
-                while rows := cursor.fetchmany(LOOKUP_ROWS):
-                    rows = [(face_id, descriptor) for face_id, descriptor in rows if len(descriptor) == dim * 4]
-                    if rows:
-                        index.add(np.array([r[0] for r in rows], dtype=np.int64),
-                                  np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim))
-                index.last_id = last
-        return index
+            held = index.last_id  # what another thread added meanwhile is not added again
+            rows = [first]
+            while rows:
+                rows = [row for row in rows if row[2] is not None and row[2] <= last and len(row[3]) == size]
+                ids = np.array([row[2] for row in rows], dtype=np.int64)
+                vectors = np.frombuffer(b"".join(row[3] for row in rows), np.float32).reshape(len(rows), index.dim)
+                index.add(ids[ids > held], vectors[ids > held])
+                if not replaced and len(recent_who) <= RECENT_UP_TO:
+                    recent_ids.append(ids)
+                    recent_vectors.append(vectors)
+                    recent_who.update((row[2], (row[4], bool(row[5]), row[6])) for row in rows)
+                rows = sent.fetchmany(LOOKUP_ROWS)
+            index.last_id = max(index.last_id, last)
+        self._indexes.used(project, index)
+        if replaced or len(recent_who) > RECENT_UP_TO:
+            return index, None
+        return index, (np.concatenate(recent_ids), np.concatenate(recent_vectors), recent_who)
 
     def _unindex(self, project: str, face_ids) -> None:
         """Faces this process deleted, once the deletion is committed (before, a rollback would leave the
         index without faces the database still has)."""
         if len(face_ids):
-            with self._indexes_lock:
-                indexes = [index for (indexed, _), index in self._indexes.items() if indexed == project]
-            for index in indexes:
+            for index in self._indexes.of_project(project):
                 index.remove(face_ids)
 
     def _number_faces(self, db) -> None:
@@ -628,27 +760,45 @@ class FaceStore:
         self._run(db, "CREATE UNIQUE INDEX IF NOT EXISTS faces_by_id ON faces (id)")
         self._run(db, "CREATE INDEX IF NOT EXISTS faces_by_project_id ON faces (project, id)")
 
-    def _shift(self, db, project, identities, descriptors, weights, counts) -> None:
-        """Add faces to (positive weights) or take them from (negative) their identities' sums and counts."""
+    def _shift(self, db, project, identities, descriptors, weights, counts, rows: dict | None = None) -> None:
+        """Add faces to (positive weights) or take them from (negative) their identities' sums and counts.
+        rows: _identity_rows_from's rows of these identities, read in this transaction, when the caller read
+        them along with other statements (one round trip less); read here otherwise."""
         identities = np.asarray(identities, dtype=np.int64)
         if len(identities) == 0:
             return
         descriptors = np.asarray(descriptors, dtype=np.float64).reshape(len(identities), -1)
         weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), len(identities))
         counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), len(identities))
-        for identity in np.unique(identities):
+        numbers = np.unique(identities)
+        if rows is None:
+            rows = self._identity_rows_from(self._send_identity_rows(db, project, numbers.tolist()))
+        updates, inserts = [], []
+        for identity in numbers.tolist():
             mine = identities == identity
-            row = self._run(db, "SELECT faces, weight, descriptor_sum FROM identities "
-                                "WHERE project = ? AND identity = ?", (project, int(identity))).fetchone()
-            faces, weight, total = row if row else (0, 0.0, b"")
+            faces, weight, total, _ = rows.get(identity, (0, 0.0, b"", None))
             total = (_array(total, np.float64) if total else 0.0) + weights[mine] @ descriptors[mine]
             values = (int(faces + counts[mine].sum()), float(weight + weights[mine].sum()), _blob(total, np.float64))
-            if row:
-                self._run(db, "UPDATE identities SET faces = ?, weight = ?, descriptor_sum = ? "
-                              "WHERE project = ? AND identity = ?", (*values, project, int(identity)))
+            if identity in rows:
+                updates.append((*values, project, identity))
             else:
-                self._run(db, "INSERT INTO identities (project, identity, name, faces, weight, descriptor_sum) "
-                              "VALUES (?, ?, NULL, ?, ?, ?)", (project, int(identity), *values))
+                inserts.append((project, identity, *values))
+        self._many(db, "UPDATE identities SET faces = ?, weight = ?, descriptor_sum = ? "
+                       "WHERE project = ? AND identity = ?", updates)
+        self._many(db, "INSERT INTO identities (project, identity, name, faces, weight, descriptor_sum) "
+                       "VALUES (?, ?, NULL, ?, ?, ?)", inserts)
+
+    def _send_identity_rows(self, db, project: str, identities: list[int]) -> list:
+        """Asks for the identities' rows; _identity_rows_from reads the answers."""
+        return [self._run(db, f"SELECT identity, faces, weight, descriptor_sum, name FROM identities WHERE project = ? "
+                              f"AND identity IN ({', '.join('?' * len(chunk))})", (project, *chunk))
+                for chunk in (identities[start:start + LOOKUP_ROWS]
+                              for start in range(0, len(identities), LOOKUP_ROWS))]
+
+    @staticmethod
+    def _identity_rows_from(sent: list) -> dict[int, tuple]:
+        """{identity: (faces, weight, descriptor_sum, name)} of those that exist."""
+        return {identity: rest for cursor in sent for identity, *rest in cursor.fetchall()}
 
     def _rebuild_identities(self, db, project: str) -> None:
         """Recompute every identity's count and sum from its faces (after re-clustering moved many)."""
@@ -683,6 +833,39 @@ class FaceStore:
         names = dict(self._run(db, f"SELECT identity, name FROM identities WHERE project = ? "
                                    f"AND identity IN ({marks})", (project, *numbers)).fetchall())
         return {n: display_id(n, names.get(n)) for n in numbers}
+
+
+def _vote(ids: np.ndarray, similarities: np.ndarray, who: dict, group_of: np.ndarray,
+          thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """identities.match_groups on each face's nearest stored faces: (Q, k) ids (-1: none) and cosine
+    similarities, and who they are ({face id: (identity, confirmed, quality)}; a face missing from it
+    was deleted, and does not vote)."""
+    neighbours = [who.get(face_id, (-1, False, 1.0)) for face_id in ids.ravel().tolist()]
+    identities = np.array([n[0] for n in neighbours], dtype=np.int64).reshape(ids.shape)
+    weights = vote_weights([n[1] for n in neighbours], [n[2] for n in neighbours]).reshape(ids.shape)
+    distances = np.where(identities >= 0, 1.0 - similarities, np.inf)
+    return match_groups(group_of, thresholds, identities, weights, distances)
+
+
+def _with_recent(ids: np.ndarray, similarities: np.ndarray, recent_ids: np.ndarray, recent: np.ndarray,
+                 descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest faces among a search's answer, (Q, k) ids and similarities, and faces the searched index
+    did not hold yet (recent: their descriptors), compared directly: as if the index had held them. A
+    recent face that the index held already (another thread added it before the search) counted there."""
+    new = ~np.isin(recent_ids, ids)
+    recent_ids, recent = recent_ids[new], recent[new]
+    if not len(recent_ids):
+        return ids, similarities
+    candidates = np.concatenate([ids, np.broadcast_to(recent_ids, (len(ids), len(recent_ids)))], axis=1)
+    scores = np.concatenate([similarities, descriptors.astype(np.float32) @ recent.T], axis=1)
+    nearest = np.argsort(-scores, axis=1, kind="stable")[:, :ids.shape[1]]
+    return np.take_along_axis(candidates, nearest, axis=1), np.take_along_axis(scores, nearest, axis=1)
+
+
+def _numbers_up_to(sent, count: int) -> np.ndarray:
+    """The `count` numbers a counter's `... RETURNING last` statement took: the last one and those below."""
+    [last] = sent.fetchone()
+    return np.arange(last - count + 1, last + 1, dtype=np.int64)
 
 
 def _blob(array, dtype) -> bytes:

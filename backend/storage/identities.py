@@ -6,16 +6,16 @@ backend.vision.clustering.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..vision.clustering import cluster_identities
+from ..vision.clustering import ANCHOR_QUALITY, UNCERTAIN_REACH, cluster_groups
 from ..vision.models.base import l2_normalise
-from .vector_index import knn_graph
+from .vector_index import build_graph, close_pairs
 
 # A face an annotator confirmed counts this many times in the votes that decide which person a new face
 # is, and which identity number a re-clustered group keeps: people checked it, the models only guessed.
@@ -33,6 +33,9 @@ GRAPH_NEIGHBOURS = 32
 # Average linkage needs all pairwise distances of a group (8 bytes each): a group of faces linked by close
 # pairs that is larger than this is first cut by a stricter closeness (see _components).
 MAX_EXACT_GROUP = 6000
+# Re-clustering cuts its work into shards of about this many faces (queries of the graph search, linked
+# groups to cluster), which an Executor runs in this process or on a Ray cluster's workers.
+SHARD_FACES = 50_000
 
 Progress = Callable[[float], None]
 
@@ -156,46 +159,89 @@ def best_matching(rows: np.ndarray, columns: np.ndarray, scores: np.ndarray) -> 
     return row_values[chosen_rows], column_values[chosen_columns]
 
 
-def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progress | None = None) -> np.ndarray:
+class Executor(Protocol):
+    """Runs function(*shared, item) for each item: in this process (InProcess), or as tasks on a Ray cluster
+    (backend/service/ray_recluster.py)."""
+
+    def map(self, function: Callable, shared: tuple, items: Sequence) -> Iterator:
+        """The results in the items' order. Every call reads `shared` (a cluster sends it once to all)."""
+
+
+class InProcess:
+    def map(self, function: Callable, shared: tuple, items: Sequence) -> Iterator:
+        return (function(*shared, item) for item in items)
+
+
+def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progress | None = None,
+                    executor: Executor | None = None, quality: np.ndarray | None = None) -> np.ndarray:
     """Average-linkage clustering of all of a project's faces: (N,) labels 0..K-1.
 
     The same clustering as backend.vision.clustering.cluster_identities on all faces at once, without its
     N x N distance matrix: average linkage only ever joins groups whose mean distance is below the
     threshold, so some pair across them is closer than that; so no cluster spans two groups of faces that
     no chain of close pairs connects, and clustering each such group on its own gives the same clusters.
-    The close pairs come from each face's GRAPH_NEIGHBOURS nearest faces (vector_index.knn_graph): a
-    person's faces are linked by chains of near neighbours however many faces the person has, so only a
-    close pair whose faces are both far down each other's lists and linked by no chain is lost.
+    The close pairs come from each face's GRAPH_NEIGHBOURS nearest faces (vector_index.build_graph and
+    close_pairs; long descriptors of large projects: the nearest in their principal components, measured
+    again whole): a person's faces are linked by chains of near neighbours however many faces the person
+    has, so only a close pair whose faces are both far down each other's lists and linked by no chain is
+    lost.
+
+    quality: (N,) each face's quality, as cluster_identities takes it (None: all alike). A face below
+    ANCHOR_QUALITY may join a cluster up to UNCERTAIN_REACH thresholds away, so its pairs link up to there.
+
+    The search for each face's nearest faces and the clustering of the linked groups run in shards of
+    about SHARD_FACES faces on `executor` (default: this process, one shard after the other); the
+    labels do not depend on where the shards ran.
     """
-    descriptors = np.asarray(descriptors, dtype=np.float32)
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     progress = progress or (lambda fraction: None)
+    executor = executor or InProcess()
     n = len(descriptors)
     if n < 2:
         return np.zeros(n, dtype=np.int64)
-    neighbours, distances = knn_graph(descriptors, min(GRAPH_NEIGHBOURS, n - 1), lambda f: progress(0.7 * f))
     # Widened a little: the graph's distances are float16-rounded, and the clustering measures them again.
-    close = distances < threshold + 1e-3
-    first = np.broadcast_to(np.arange(n)[:, None], neighbours.shape)[close]
-    second = neighbours[close]
+    uncertain = None if quality is None else np.asarray(quality) < ANCHOR_QUALITY
+    reach = threshold * (UNCERTAIN_REACH if uncertain is not None and uncertain.any() else 1.0)
+    queries = _row_shards(n)
+    graph = build_graph(descriptors, min(GRAPH_NEIGHBOURS, n - 1), reach + 1e-3, executor, queries,
+                        lambda fraction: progress(0.2 * fraction))
+    pairs = []
+    for found in executor.map(close_pairs, (graph,), queries):
+        pairs.append(found)
+        progress(0.2 + 0.5 * len(pairs) / len(queries))
+    del graph  # (its index and reduced descriptors: ~0.8 GiB at 10^6 faces)
+    first, second, distance = (np.concatenate(part) for part in zip(*pairs))
+    if reach > threshold:  # past the threshold, only pairs with an uncertain face link
+        linking = (distance < threshold) | uncertain[first] | uncertain[second]
+        first, second, distance = first[linking], second[linking], distance[linking]
+    shards = _shards(_components(n, first, second, distance, reach))
     labels = np.empty(n, dtype=np.int64)
     next_label = 0
-    groups = _components(n, first, second, distances[close], threshold)
-    for done, members in enumerate(groups):
-        if len(members) == 1:
-            labels[members] = next_label
-            next_label += 1
-        elif len(members) == 2:  # average linkage of two faces: together when closer than the threshold
-            together = float(descriptors[members[0]].astype(np.float64) @ descriptors[members[1]]) > 1.0 - threshold
-            labels[members] = next_label + np.array([0, 0 if together else 1])
-            next_label += 1 if together else 2
-        else:
-            local = cluster_identities(descriptors[members], threshold)
-            labels[members] = next_label + local
-            next_label += int(local.max()) + 1
-        if done % 1000 == 0:
-            progress(0.7 + 0.3 * done / len(groups))
-    progress(1.0)
+    for done, ((members, _), local) in enumerate(
+            zip(shards, executor.map(cluster_groups, (descriptors, threshold, quality), shards)), start=1):
+        labels[members] = next_label + local
+        next_label += int(local.max()) + 1
+        progress(0.7 + 0.3 * done / len(shards))
     return labels
+
+
+def _row_shards(n: int) -> list[tuple[int, int]]:
+    """Faces 0..n-1 in runs of SHARD_FACES: (first, past the last) of each."""
+    return [(start, min(start + SHARD_FACES, n)) for start in range(0, n, SHARD_FACES)]
+
+
+def _shards(groups: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The groups in runs of about SHARD_FACES faces, as cluster_groups takes them: (members, sizes)."""
+    shards, run, faces = [], [], 0
+    for members in groups:
+        run.append(members)
+        faces += len(members)
+        if faces >= SHARD_FACES:
+            shards.append(run)
+            run, faces = [], 0
+    if run:
+        shards.append(run)
+    return [(np.concatenate(run), np.array([len(members) for members in run])) for run in shards]
 
 
 def _components(n, first, second, distance, radius) -> list[np.ndarray]:

@@ -41,9 +41,13 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([rotation_scale, translation[:, None]])
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112, face_scale: float = 1.0) -> np.ndarray:
     """Crop the face with these five landmarks (NaN where unknown, at least two known) to a size x size chip
-    in the ArcFace template's pose."""
-    template = ARCFACE_TEMPLATE_112 * (size / 112.0)
+    in the ArcFace template's pose.
+
+    face_scale: the template's size as a share of the chip's: 1 is the ArcFace crop (brows to chin); below 1
+    the face is smaller, about the chip's centre, with more of the head around it.
+    """
+    template = ((ARCFACE_TEMPLATE_112 - 56.0) * face_scale + 56.0) * (size / 112.0)
     matrix = similarity_transform(landmarks, template)
     return cv2.warpAffine(image, matrix, (size, size), borderMode=cv2.BORDER_CONSTANT, borderValue=0)

