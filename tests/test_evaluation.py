@@ -320,8 +320,9 @@ def test_each_model_runs_once_per_image_whatever_the_configurations(photos, two_
             pass
 
     results = evaluate(pairs, configs, manifest, settings, load_image, Recorder, keep_shown=configs[-1])
-    # fast uses blazeface, blazeface_short, blazepose and dlib_resnet: 2 images x 4 models
-    assert steps[0] == 2 * 4 and sum(steps[1:]) == steps[0]
+    # fast uses blazeface, blazeface_short, blazepose and dlib_resnet; the single models are scored with the
+    # default's descriptors (dlib_resnet and faceres): 2 images x 5 models
+    assert steps[0] == 2 * 5 and sum(steps[1:]) == steps[0]
     assert len({(name, shape) for name, shape, _ in whole_image_runs}) == 3 * 2  # 3 detectors on 2 images ...
     assert Counter(whole_image_runs.values()) == {1: 3 * 2 * 2}  # ... once upright and once mirrored, no more
     assert [r.shown is not None for r in results] == [False] * 5 + [True]  # only the gallery's boxes are kept

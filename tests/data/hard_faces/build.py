@@ -5,8 +5,10 @@
 Two photos are real hard cases, copied from tests/data/people (a face in profile, a motion-blurred face);
 the others are the public-domain photos of tests/data/photos made hard on purpose: darkened with sensor
 noise, motion-blurred, reduced to a quarter of their resolution, or shrunk onto a wall so that their faces
-are 16 to 52 pixels wide. Each face box of a degraded photo is its box in tests/data/photos/
-ground_truth_coco.json carried through the same geometry, so no box is guessed twice. The wall is
+are 16 to 52 pixels wide. Then the degradation grid (SOURCES.md): the 8 faces of tests/data/photos, each with
+its surroundings, on one 1024x768 wall per cell of the grid (small, blurred, dark, compressed, turned,
+mirrored). Each face box of a degraded photo is its box in tests/data/photos/ground_truth_coco.json carried
+through the same geometry, so no box is guessed twice. The wall is
 scikit-image's CC0 brick texture (the wheel is fetched with `pip download --no-deps`, checked by sha256).
 Noise is seeded: the pixels are the same on every run with the same OpenCV and NumPy.
 """
@@ -46,6 +48,16 @@ WALLS = {
                                   ("astronaut_eileen_collins.jpg", 44, (1280, 500)), ("obama_3.jpg", 52, (250, 40))],
 }
 WALL_SIZE = (1600, 1000)
+# The degradation grid (SOURCES.md, fixed before any model ran on it): photo -> (face width, degradation)
+GRID = {f"grid_width_{width}.jpg": (width, {}) for width in (12, 16, 20, 24, 32, 48, 96)}
+GRID |= {f"grid_blur_{sigma}.jpg": (96, {"blur": sigma}) for sigma in (3, 6)}
+GRID |= {f"grid_dark_{round(gain * 100)}.jpg": (96, {"dark": gain}) for gain in (0.25, 0.10)}
+GRID |= {f"grid_jpeg_{quality}.jpg": (96, {"jpeg": quality}) for quality in (10, 5)}
+GRID |= {f"grid_rotate_{turn}{abs(angle)}.jpg": (96, {"angle": angle})
+         for angle in (20, 40, -20, -40) for turn in ["ccw" if angle > 0 else "cw"]}
+GRID |= {"grid_mirror.jpg": (96, {"mirror": True})}
+GRID_SIZE, GRID_CELL, GRID_CONTEXT = (1024, 768), (256, 384), 2.5  # wall, cell (4 x 2 of them), window / box
+DARK_NOISE = 2.0  # grey levels, as bench/identity_sequence.py
 
 
 def dark(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -115,6 +127,58 @@ def wall(background: np.ndarray, layout, truth) -> tuple[np.ndarray, list]:
     return canvas, faces
 
 
+def grid_tile(photo: np.ndarray, box, others, face_width: int, angle: float = 0.0, mirror: bool = False):
+    """The face of `box` with its surroundings (GRID_CONTEXT times its box), shrunk until the box is `face_width`
+    wide, turned by `angle` degrees (counter-clockwise) about its centre and mirrored if asked; with its box and
+    the `others` face boxes in the tile (clipped; "don't care")."""
+    scale = face_width / (box[2] - box[0])
+    small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    x1, y1, x2, y2 = (v * scale for v in box)
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+    size = (round(GRID_CONTEXT * (x2 - x1)), round(GRID_CONTEXT * (y2 - y1)))
+    # In pixel-index coordinates (OpenCV's: pixel i's centre is i, a box edge at x is x - 0.5); the shift to the
+    # tile's centre is whole pixels, so that a tile that is not turned is not resampled either.
+    matrix = cv2.getRotationMatrix2D(tuple(centre - 0.5), angle, 1.0)
+    matrix[:, 2] += np.round(np.array(size) / 2 - centre)
+    if mirror:
+        matrix = np.array([[-1.0, 0, size[0] - 1], [0, 1, 0]]) @ np.vstack([matrix, [0, 0, 1]])
+    tile = cv2.warpAffine(small, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    to_tile = lambda points: (points - 0.5) @ matrix[:, :2].T + matrix[:, 2] + 0.5  # noqa: E731
+    # The face: the ellipse inscribed in its box (through hairline, chin and ears), turned; its extent.
+    a, b = (x2 - x1) / 2, (y2 - y1) / 2
+    cos, sin = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+    half = np.array([np.hypot(a * cos, b * sin), np.hypot(a * sin, b * cos)])
+    middle = to_tile(centre[None])[0]
+    faces = [([*(middle - half), *(middle + half)], False)]
+    for other in others:  # the extent of its turned corners, inside the tile
+        corners = to_tile(np.array([[other[0], other[1]], [other[2], other[1]], [other[0], other[3]],
+                                    [other[2], other[3]]]) * scale)
+        low, high = corners.min(axis=0).clip(0, size), corners.max(axis=0).clip(0, size)
+        if (high > low).all():
+            faces.append(([*low, *high], True))
+    return tile, faces
+
+
+def grid(background: np.ndarray, face_width: int, degradation: dict, truth, rng: np.random.Generator):
+    """One cell of the degradation grid: the 8 faces of tests/data/photos on a wall, degraded; and their boxes."""
+    canvas, found = background[:GRID_SIZE[1], :GRID_SIZE[0]].copy(), []
+    portraits = [(name, box, identity, [b for b, _, _ in truth[name] if b is not box])
+                 for name, faces in truth.items() for box, identity, ignore in faces if not ignore]
+    for index, (name, box, identity, others) in enumerate(portraits):
+        tile, boxes = grid_tile(cv2.imread(str(PHOTOS / name)), box, others, face_width,
+                                degradation.get("angle", 0.0), degradation.get("mirror", False))
+        left = (index % 4) * GRID_CELL[0] + (GRID_CELL[0] - tile.shape[1]) // 2
+        top = (index // 4) * GRID_CELL[1] + (GRID_CELL[1] - tile.shape[0]) // 2
+        canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+        found += [([round(v + offset, 1) for v, offset in zip(b, (left, top, left, top))],
+                   None if ignore else identity, ignore) for b, ignore in boxes]
+    if "blur" in degradation:
+        canvas = cv2.GaussianBlur(canvas, (0, 0), degradation["blur"])
+    if "dark" in degradation:
+        canvas = np.clip(canvas * degradation["dark"] + rng.normal(0, DARK_NOISE, canvas.shape), 0, 255)
+    return canvas.astype(np.uint8), found
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
     out.mkdir(parents=True, exist_ok=True)
@@ -132,10 +196,14 @@ def main() -> None:
     made["small_faces_wall.jpg"] = wall(background, WALLS["small_faces_wall.jpg"], truth)
     image, faces = wall(background, WALLS["small_faces_wall_dark.jpg"], truth)
     made["small_faces_wall_dark.jpg"] = dark(image, rng), faces
+    grid_noise = np.random.default_rng(2026)
+    for name, (face_width, degradation) in GRID.items():
+        made[name] = grid(background, face_width, degradation, truth, grid_noise)
 
     images, annotations = [], []
     for image_id, (name, (image, faces)) in enumerate(made.items(), 1):
-        cv2.imwrite(str(out / name), image, JPEG)
+        quality = GRID.get(name, (0, {}))[1].get("jpeg")
+        cv2.imwrite(str(out / name), image, [cv2.IMWRITE_JPEG_QUALITY, quality] if quality else JPEG)
         images.append({"id": image_id, "file_name": name, "width": image.shape[1], "height": image.shape[0]})
         for (x1, y1, x2, y2), identity, ignore in faces:
             width, height = round(x2 - x1, 1), round(y2 - y1, 1)
