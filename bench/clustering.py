@@ -1,12 +1,14 @@
 """Identity clustering (backend.vision.clustering.cluster_identities) time and peak memory by number of faces;
 with --ray, re-clustering whole projects in this process and on Ray.
 
-    python -m bench.clustering [--sizes 10000 20000 100000 1000000] [--memory-limit-gib 16]
+    python -m bench.clustering [--sizes 10000 20000 100000 1000000] [--memory-limit-gib 16] [--dim 1152]
+                               [--threshold 0.3]
     python -m bench.clustering --ray [--sizes 1000000] [--database-url postgresql://...]
 
-The descriptors are synthetic: 128-d unit vectors (dlib_resnet's size), ten faces per person on average,
-each face its person's direction plus noise that puts faces of one person ~0.03 cosine distance apart
-(well inside dlib_resnet's identity_distance) while different people are ~1 apart.
+The descriptors are synthetic (bench/common.py): unit vectors of --dim (default: the default preset's
+descriptors joined, 1152-d), ten faces per person on average, each face its person's direction plus noise
+that puts faces of one person ~0.3 --threshold apart (default: the default descriptors' identity_distance,
+0.3), while different people are ~1 apart; `--dim 128 --threshold 0.1` are dlib's ResNet alone.
 
 Each size runs in a child process whose address space is capped (RLIMIT_AS), so that a size which does not
 fit fails there with MemoryError instead of driving a shared machine into the OOM killer. Average-linkage
@@ -38,10 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.config import Settings
-from backend.vision.manifest import load_manifest
-
-from .common import DIM, FACES_PER_PERSON, REPO_ROOT, faces_of, machine, markdown_table, person_directions, write_results
+from .common import FACES_PER_PERSON, REPO_ROOT, faces_of, machine, markdown_table, noise_for, person_directions, \
+    write_results
+from .identity_store import add_descriptor_arguments
 
 CHILD_TIMEOUT = 240  # seconds per size
 SAMPLE_SECONDS = 0.5  # --ray: how often the memory of a re-clustering and its processes is read
@@ -54,17 +55,18 @@ def main() -> None:
     parser.add_argument("--memory-limit-gib", type=float, default=16.0)
     parser.add_argument("--ray", action="store_true", help="re-cluster whole projects in a process and on Ray")
     parser.add_argument("--database-url", help="--ray: also with this PostgreSQL face store (postgresql://...)")
+    add_descriptor_arguments(parser)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one size, in the child process
     parser.add_argument("--recluster", nargs=4, help=argparse.SUPPRESS)  # --ray's child: where, mode, size, project
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child, args.memory_limit_gib)))
+        print(json.dumps(_child(args.child, args.memory_limit_gib, args.dim, args.threshold)))
         return
     if args.recluster:
-        _recluster_child(*args.recluster)
+        _recluster_child(*args.recluster, args.dim, args.threshold)
         return
     if args.ray:
-        _ray_main(args.sizes or [1_000_000], args.database_url)
+        _ray_main(args.sizes or [1_000_000], args.database_url, args.dim, args.threshold)
         return
 
     args.sizes = args.sizes or [10_000, 20_000, 100_000, 1_000_000]
@@ -72,7 +74,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         command = [sys.executable, "-m", "bench.clustering", "--child", str(size),
-                   "--memory-limit-gib", str(args.memory_limit_gib)]
+                   "--memory-limit-gib", str(args.memory_limit_gib), *_descriptor_arguments(args.dim, args.threshold)]
         try:
             done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
             outcome = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {
@@ -88,7 +90,8 @@ def main() -> None:
                      outcome.get("error", "ok")])
         print(rows[-1], flush=True)
     sections = [
-        f"Synthetic descriptors ({DIM}-d, {FACES_PER_PERSON} faces per person on average); each size in a child "
+        f"Synthetic descriptors ({args.dim}-d, {FACES_PER_PERSON} faces per person on average, identity_distance "
+        f"{args.threshold:g}); each size in a child "
         f"process capped at {args.memory_limit_gib:g} GiB of address space. The machine is shared with other "
         "jobs: times move by ~20% between runs.",
         markdown_table(["faces", "pairwise distances (GiB, float64)", "seconds", "peak memory (MiB)",
@@ -105,18 +108,16 @@ def main() -> None:
     write_results("clustering", "Identity clustering time and memory", machine_line, sections)
 
 
-def _child(size: int, limit_gib: float) -> dict:
+def _child(size: int, limit_gib: float, dim: int, threshold: float) -> dict:
     limit = int(limit_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from backend.evaluation.metrics import bcubed_scores
     from backend.vision.clustering import cluster_identities
     from sklearn.metrics.cluster import contingency_matrix
 
-    settings = Settings()
-    threshold = load_manifest(settings.manifest_path)["dlib_resnet"].options["identity_distance"]
     rng = np.random.default_rng(0)
     people = rng.integers(0, max(1, size // FACES_PER_PERSON), size)
-    descriptors = faces_of(rng, person_directions(rng, people.max() + 1), people)
+    descriptors = faces_of(rng, person_directions(rng, people.max() + 1, dim), people, noise_for(threshold))
     outcome = {"baseline_mib": _peak_mib()}  # Python, libraries and the descriptors
     started = time.perf_counter()
     try:
@@ -133,7 +134,12 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _ray_main(sizes: list[int], database_url: str | None) -> None:
+def _descriptor_arguments(dim: int, threshold: float) -> list[str]:
+    """What a child process is told of the synthetic faces."""
+    return ["--dim", str(dim), "--threshold", str(threshold)]
+
+
+def _ray_main(sizes: list[int], database_url: str | None, dim: int, threshold: float) -> None:
     from .identity_store import _bulk_fill, _open, _planted
 
     machine_line = machine()
@@ -145,11 +151,11 @@ def _ray_main(sizes: list[int], database_url: str | None) -> None:
         for database, where in databases.items():
             for size in sizes:
                 project = f"bench-ray-{size}-{time.time_ns()}"
-                _, _, planted, descriptors = _planted(size)
+                _, _, planted, descriptors = _planted(size, dim, threshold)
                 fill = _bulk_fill(_open(where), project, planted, descriptors)
                 del planted, descriptors
                 for mode, run in (("in-process", "in this process"), ("ray", "Ray, local cluster")):
-                    r = _measured_recluster(where, mode, size, project)
+                    r = _measured_recluster(where, mode, size, project, dim, threshold)
                     rows.append([database, f"{size:,}", f"{fill:.0f}", run,
                                  f"{r['seconds']:.0f} ({r['read']:.0f} + {r['cluster']:.0f} + {r['write']:.0f})",
                                  f"{r['peak_mib'] / 1024:.2f}", f"{r['driver_mib'] / 1024:.2f}",
@@ -157,8 +163,8 @@ def _ray_main(sizes: list[int], database_url: str | None) -> None:
                                  f"{r['f1']:.4f}"])
                     print(rows[-1], flush=True)
     sections = [
-        f"Synthetic faces ({DIM}-d, {FACES_PER_PERSON} per planted person, stored with their planted person as "
-        "identity), re-clustered as `autoannotator recluster` does (read, cluster, write; no Label Studio), in "
+        f"Synthetic faces ({dim}-d, identity_distance {threshold:g}, "
+        f"{FACES_PER_PERSON} per planted person, stored with their planted person as identity), re-clustered as `autoannotator recluster` does (read, cluster, write; no Label Studio), in "
         "a child process: in it, then on a local Ray cluster of this machine's cores (started before the "
         "timing; the clustering's shards run as Ray tasks of one CPU). The second run starts from the first's "
         "identities: it moves no face when its clusters are the first's. The machine is shared with other "
@@ -169,13 +175,14 @@ def _ray_main(sizes: list[int], database_url: str | None) -> None:
     ]
     path = write_results("clustering_ray", "Re-clustering a whole project: in one process and on Ray",
                          machine_line, sections)
-    command = f"python -m bench.clustering --ray --sizes {' '.join(map(str, sizes))}"
+    command = " ".join(["python -m bench.clustering", *sys.argv[1:]])
     path.write_text(path.read_text().replace("`python -m bench.clustering_ray`", f"`{command}`"))
 
 
-def _measured_recluster(where: str, mode: str, size: int, project: str) -> dict:
+def _measured_recluster(where: str, mode: str, size: int, project: str, dim: int, threshold: float) -> dict:
     """_recluster_child's outcome, with the peak memory of it and its processes while it re-clustered."""
-    command = [sys.executable, "-m", "bench.clustering", "--recluster", where, mode, str(size), project]
+    command = [sys.executable, "-m", "bench.clustering", "--recluster", where, mode, str(size), project,
+               *_descriptor_arguments(dim, threshold)]
     child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     lines = []
 
@@ -197,11 +204,11 @@ def _measured_recluster(where: str, mode: str, size: int, project: str) -> dict:
     return {**json.loads(lines[0]), **json.loads(lines[1]), **peak}
 
 
-def _recluster_child(where: str, mode: str, size: str, project: str) -> None:
+def _recluster_child(where: str, mode: str, size: str, project: str, dim: int, threshold: float) -> None:
     from backend.service.ray_pipeline import join_cluster
     from backend.service.recluster import recluster
 
-    from .identity_store import _bcubed_f1, _open, _planted, _threshold
+    from .identity_store import _bcubed_f1, _open, _planted
     from .prelabel import RAY_LOOPBACK
 
     store = _open(where)
@@ -211,7 +218,7 @@ def _recluster_child(where: str, mode: str, size: str, project: str) -> None:
         join_cluster(ray_address, RuntimeError)
     stages = {}
     started = time.perf_counter()
-    result = recluster(store, project, _threshold(), None, None,
+    result = recluster(store, project, threshold, None, None,
                        lambda fraction, stage: stages.setdefault(stage, time.perf_counter() - started), ray_address)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "read": stages["clustering"],
@@ -219,7 +226,8 @@ def _recluster_child(where: str, mode: str, size: str, project: str) -> None:
                       "write": seconds - stages["saving identities"], **result}), flush=True)
     shown = store.shown_ids(project)
     identity = np.unique([shown[(str(face), "face1")] for face in range(int(size))], return_inverse=True)[1]
-    print(json.dumps({"f1": _bcubed_f1(_planted(int(size))[2], identity)}), flush=True)
+    print(json.dumps({"f1": _bcubed_f1(_planted(int(size), dim, threshold, descriptors=False)[2], identity)}),
+          flush=True)
 
 
 def _descendants(pid: int) -> list[int]:

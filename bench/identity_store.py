@@ -2,10 +2,13 @@
 against exact search, and re-clustering the whole project.
 
     python -m bench.identity_store [--sizes 100000 1000000] [--database-url postgresql://...] [--no-recluster]
+                                   [--no-assign] [--dim 1152] [--threshold 0.3]
 
 Each (database, size) runs in a child process of its own, so that its peak memory is its own. A fresh
-project is filled with `size` synthetic faces (bench/common.py: 128-d unit descriptors, ten faces per
-planted person on average, ~0.03 apart within a person, ~1 between people), written in bulk with their
+project is filled with `size` synthetic faces (bench/common.py: unit descriptors of --dim, by default the
+default preset's joined size, 1152; ten faces per planted person on average, spread for --threshold, by
+default the default descriptors' identity_distance: a person's faces ~0.3 thresholds apart, people ~1
+apart; `--dim 128 --threshold 0.1` are dlib's ResNet alone), written in bulk with their
 planted person as identity (filling a million faces through FaceStore.assign would take most of an hour
 here; the assignment itself is what is timed below). Then:
 
@@ -26,7 +29,10 @@ here; the assignment itself is what is timed below). Then:
   (those past the radius are other people, ~1 away, in no particular order);
 - recluster, in a child process of its own as `autoannotator recluster` runs: read every face,
   cluster_project, relabel (write moved faces, rebuild every identity's sum): what it does before it talks
-  to Label Studio; its BCubed F1 against the planted people, and that process's peak resident memory.
+  to Label Studio; its BCubed F1 against the planted people, and that process's peak resident memory;
+  then (after the peak was taken) the recall of the graph's close pairs: of each of PAIR_QUERIES faces'
+  GRAPH_NEIGHBOURS exact nearest faces closer than the threshold (numpy over all descriptors), the share
+  that close_pairs returns (long descriptors: searched in their principal components, then measured whole).
 
 Beside the assignment's time, the time of an empty write transaction (the project's lock and a commit:
 SQLite's fsync) says how much of it is the database's durability rather than the search.
@@ -45,17 +51,19 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.config import Settings
 from backend.storage import FaceStore, NewFace, cluster_project
 from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect
-from backend.storage.identities import NEIGHBOURS
-from backend.vision.manifest import load_manifest
+from backend.storage.identities import GRAPH_NEIGHBOURS, NEIGHBOURS, InProcess, _row_shards
+from backend.storage.vector_index import build_graph, close_pairs
 
-from .common import DIM, FACES_PER_PERSON, REPO_ROOT, faces_of, machine, markdown_table, person_directions, write_results
+from .common import (FACES_PER_PERSON, REPO_ROOT, default_descriptors, faces_of, machine, markdown_table, noise_for,
+                     person_directions, write_results)
 
 BULK_ROWS = 20_000
 ASSIGNS = 400
 RECALL_QUERIES = 500
+PAIR_QUERIES = 1000
+EXACT_QUERIES = 100  # queries compared with every stored face at once (100 x 10^6 float32: 0.4 GB)
 NO_LANDMARKS = np.full((5, 2), np.nan)
 BOX = np.array([10.0, 10.0, 60.0, 60.0])
 
@@ -65,15 +73,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--database-url", help="also run on this PostgreSQL database (postgresql://...)")
     parser.add_argument("--no-recluster", action="store_true", help="leave the whole-project re-clustering out")
+    parser.add_argument("--no-assign", action="store_true", help="fill and re-cluster only")
+    add_descriptor_arguments(parser)
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # step, database, size, project, index dir
     args = parser.parse_args()
     if args.child:
         step, where, size, project, index_dir = args.child
-        steps = {"assign": _fill_and_assign, "load": _load, "recluster": _recluster}
-        print(json.dumps(steps[step](where, int(size), project, Path(index_dir))))
+        steps = {"fill": _fill, "assign": _fill_and_assign, "load": _load, "recluster": _recluster}
+        print(json.dumps(steps[step](where, int(size), project, Path(index_dir), args.dim, args.threshold)))
         return
 
-    threshold = _threshold()
+    threshold = args.threshold
     machine_line = machine()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-identity-store-") as directory:
@@ -84,41 +94,48 @@ def main() -> None:
             for size in args.sizes:
                 r, project = {}, f"bench-{size}-{time.time_ns()}"
                 index_dir = Path(directory) / f"indexes-{database}-{size}"
-                for step in ("assign", "load") + (() if args.no_recluster else ("recluster",)):
+                steps = (("fill",) if args.no_assign else ("assign", "load")) + (
+                    () if args.no_recluster else ("recluster",))
+                for step in steps:
                     command = [sys.executable, "-m", "bench.identity_store", "--child", step, where, str(size), project,
-                               str(index_dir)]
+                               str(index_dir), "--dim", str(args.dim), "--threshold", str(threshold)]
                     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
                     if done.returncode != 0:
                         raise SystemExit(f"{database} {size} {step}: {done.stderr[-3000:]}")
                     r.update(json.loads(done.stdout.strip().splitlines()[-1]))
                 shutil.rmtree(index_dir, ignore_errors=True)
-                rows.append([database, f"{size:,}", f"{r['fill']:.0f}", f"{r['median_ms']:.1f} / {r['p95_ms']:.1f}",
-                             f"{r['new_median_ms']:.1f} / {r['new_p95_ms']:.1f}",
-                             f"{r['commit_ms']:.1f} / {r['commit_p95_ms']:.1f}", f"{r['joined']:.3f}",
-                             f"{r['near_recall']:.4f} ({r['near']:,})", f"{r['recall']:.3f}",
-                             f"{r['build']:.1f}", f"{r['save']:.1f} ({r['file_mib']:,.0f} MiB)",
-                             f"{r['load']:.2f} ({r['caught_up']:,})",
-                             f"{r['index_mib']:,.0f} ({r['index_estimate_mib']:,.0f})"]
-                            + ([] if args.no_recluster else [
-                                f"{r['recluster']:.0f} ({r['read']:.0f} + {r['cluster']:.0f} + {r['write']:.0f})",
-                                f"{r['recluster_f1']:.4f}", f"{r['moved']:,}", f"{r['peak_mib']:,.0f}"]))
+                rows.append([database, f"{size:,}", f"{r['fill']:.0f}"] + ([] if args.no_assign else [
+                    f"{r['median_ms']:.1f} / {r['p95_ms']:.1f}", f"{r['new_median_ms']:.1f} / {r['new_p95_ms']:.1f}",
+                    f"{r['commit_ms']:.1f} / {r['commit_p95_ms']:.1f}", f"{r['joined']:.3f}",
+                    f"{r['near_recall']:.4f} ({r['near']:,})", f"{r['recall']:.3f}", f"{r['build']:.1f}",
+                    f"{r['save']:.1f} ({r['file_mib']:,.0f} MiB)", f"{r['load']:.2f} ({r['caught_up']:,})",
+                    f"{r['index_mib']:,.0f} ({r['index_estimate_mib']:,.0f})"]) + ([] if args.no_recluster else [
+                    f"{r['recluster']:.0f} ({r['read']:.0f} + {r['cluster']:.0f} + {r['write']:.0f})",
+                    f"{r['recluster_f1']:.4f}", f"{r['moved']:,}", f"{r['peak_mib']:,.0f}",
+                    f"{r['pair_recall']:.4f} ({r['pairs']:,})"]))
                 print(rows[-1], flush=True)
+    default_dim, default_threshold = default_descriptors()
+    which = ("the default descriptors'" if (args.dim, threshold) == (default_dim, default_threshold)
+             else "dlib's ResNet alone" if (args.dim, threshold) == (128, 0.1) else "chosen")
     sections = [
-        f"Synthetic faces ({DIM}-d, {FACES_PER_PERSON} per planted person), identity_distance {threshold} "
-        f"(dlib_resnet's), {NEIGHBOURS} nearest faces vote; each database and size in a child process. The "
-        "machine is shared with other jobs: times move by ~20% or more between runs.",
-        markdown_table(["database", "stored faces", "bulk fill (s)",
-                        "assign one face of a known person: median / p95 (ms)",
-                        "assign one face of a new person: median / p95 (ms)",
-                        "an empty write transaction: median / p95 (ms)", "assigned to their planted person",
-                        f"index recall, neighbours closer than {2 * threshold:g} (how many)",
-                        f"index recall@{NEIGHBOURS}, all", "cold start without an index file (s)",
-                        "writing the index file (s)", "cold start with the index file (s; faces caught up)",
-                        "index memory (MiB resident; FaceIndex.nbytes)"]
-                       + ([] if args.no_recluster else [
+        f"Synthetic faces ({args.dim}-d, {FACES_PER_PERSON} per planted person, noise {noise_for(threshold):.2f}: "
+        f"bench/common.py), identity_distance {threshold:g} ({which}), {NEIGHBOURS} nearest faces vote; each "
+        "database and size in a child process. The machine is shared with other jobs: times move by ~20% or "
+        "more between runs.",
+        markdown_table(["database", "stored faces", "bulk fill (s)"] + ([] if args.no_assign else [
+                           "assign one face of a known person: median / p95 (ms)",
+                           "assign one face of a new person: median / p95 (ms)",
+                           "an empty write transaction: median / p95 (ms)", "assigned to their planted person",
+                           f"index recall, neighbours closer than {2 * threshold:g} (how many)",
+                           f"index recall@{NEIGHBOURS}, all", "cold start without an index file (s)",
+                           "writing the index file (s)", "cold start with the index file (s; faces caught up)",
+                           "index memory (MiB resident; FaceIndex.nbytes)"]) + ([] if args.no_recluster else [
                            "recluster (s): read + cluster + write", "recluster BCubed F1 vs planted",
-                           "faces moved by recluster", "recluster peak memory (MiB, resident)"]), rows),
-        "How to read it: an assignment is one index search (0.4 ms at 10^6 faces) and two round trips to "
+                           "faces moved by recluster", "recluster peak memory (MiB, resident)",
+                           f"recluster's close pairs: recall of the exact ones closer than {threshold:g} "
+                           f"among {GRAPH_NEIGHBOURS} nearest ({PAIR_QUERIES:,} faces; how many)"]), rows),
+    ] + ([] if args.no_assign else [
+        "How to read it: an assignment is one index search and two round trips to "
         "the database (PostgreSQL: statements pipelined), one that reads and one that writes and commits; "
         "a new person's takes a third, for its identity number. Most of its "
         "time is the database's, and the empty write transaction next to it (the project's lock and a commit: "
@@ -130,15 +147,22 @@ def main() -> None:
         "all). A cold start is once per process and project (a worker's first request of a project, or "
         "its first after the project's index left the cache): with the index file it reads the file and "
         "the faces stored after it was written; the bulk fill writes the rows and rebuilds every identity's "
-        "descriptor sum.",
-    ] + (["Re-clustering was left out of this run (`--no-recluster`): the README has its last figures."]
-         if args.no_recluster else [])
-    write_results("identity_store", "Face store at 10^5 and 10^6 faces: assign, index recall, recluster",
-                  machine_line, sections)
+        "descriptor sum."]) + (["Re-clustering was left out of this run (`--no-recluster`): the README has "
+                                "its last figures."] if args.no_recluster else [])
+    name = "identity_store_recluster" if args.no_assign else "identity_store"
+    path = write_results(name, "Face store at 10^5 and 10^6 faces: " + (
+        "recluster" if args.no_assign else "assign, index recall, recluster"), machine_line, sections)
+    command = " ".join(["python -m bench.identity_store", *sys.argv[1:]])
+    path.write_text(path.read_text().replace(f"`python -m bench.{name}`", f"`{command}`"))
 
 
-def _threshold() -> float:
-    return load_manifest(Settings().manifest_path)["dlib_resnet"].options["identity_distance"]
+def add_descriptor_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dim and --threshold of the synthetic faces: by default the default preset's joined descriptor."""
+    dim, threshold = default_descriptors()
+    parser.add_argument("--dim", type=int, default=dim, help=f"descriptor size (default: {dim}, the default "
+                        "preset's descriptors joined)")
+    parser.add_argument("--threshold", type=float, default=threshold, help="identity_distance; the planted "
+                        f"people are spread for it (default: {threshold:g}, the default descriptors')")
 
 
 def _open(where: str, index_dir: Path | None = None) -> FaceStore:
@@ -151,23 +175,29 @@ def _resident_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _planted(size: int):
-    """The same people and faces in both steps: (rng, directions, planted person of each face, descriptors)."""
+def _planted(size: int, dim: int, threshold: float, descriptors: bool = True):
+    """The same people and faces in every step: (rng, directions, planted person of each face, descriptors
+    or None)."""
     rng = np.random.default_rng(size)
-    directions = person_directions(rng, max(1, size // FACES_PER_PERSON))
+    directions = person_directions(rng, max(1, size // FACES_PER_PERSON), dim)
     planted = rng.integers(0, len(directions), size)
-    return rng, directions, planted, faces_of(rng, directions, planted)
+    return rng, directions, planted, faces_of(rng, directions, planted, noise_for(threshold)) if descriptors else None
 
 
-def _fill_and_assign(where: str, size: int, project: str, index_dir: Path) -> dict:
-    threshold = _threshold()
+def _fill(where: str, size: int, project: str, index_dir: Path, dim: int, threshold: float) -> dict:
+    _, _, planted, descriptors = _planted(size, dim, threshold)
+    return {"fill": _bulk_fill(_open(where, index_dir), project, planted, descriptors)}
+
+
+def _fill_and_assign(where: str, size: int, project: str, index_dir: Path, dim: int, threshold: float) -> dict:
     store = _open(where, index_dir)
-    rng, directions, planted, descriptors = _planted(size)
+    rng, directions, planted, descriptors = _planted(size, dim, threshold)
+    noise = noise_for(threshold)
     people = len(directions)
     outcome = {"fill": _bulk_fill(store, project, planted, descriptors)}
 
     def request(person: int, task: str):
-        [face] = faces_of(rng, directions, np.array([person]))
+        [face] = faces_of(rng, directions, np.array([person]), noise)
         return [NewFace(task, "face1", BOX, NO_LANDMARKS, face, 0)]
 
     identity_of = dict(zip(planted.tolist(), (planted + 1).tolist()))  # the bulk fill's identity numbers
@@ -191,7 +221,7 @@ def _fill_and_assign(where: str, size: int, project: str, index_dir: Path) -> di
     outcome.update(median_ms=float(np.median(seconds) * 1e3), p95_ms=float(np.percentile(seconds, 95) * 1e3),
                    joined=joined / ASSIGNS)
     seconds = []
-    for n, face in enumerate(faces_of(rng, person_directions(rng, ASSIGNS // 4), np.arange(ASSIGNS // 4))):
+    for n, face in enumerate(faces_of(rng, person_directions(rng, ASSIGNS // 4, dim), np.arange(ASSIGNS // 4), noise)):
         started = time.perf_counter()
         store.assign_with_confidence(project, [NewFace(f"stranger-{n}", "face1", BOX, NO_LANDMARKS, face, 0)],
                                      "bench", threshold)
@@ -207,38 +237,38 @@ def _fill_and_assign(where: str, size: int, project: str, index_dir: Path) -> di
     outcome.update(commit_ms=float(np.median(seconds) * 1e3), commit_p95_ms=float(np.percentile(seconds, 95) * 1e3))
 
     [(_, index)] = store._indexes.items()
-    queries = faces_of(rng, directions, rng.integers(0, people, RECALL_QUERIES))
+    queries = faces_of(rng, directions, rng.integers(0, people, RECALL_QUERIES), noise)
     found, _ = index.search(queries, NEIGHBOURS)
-    hits = near_hits = near = 0
     ids = _face_ids(store, project)  # row i of `descriptors` is face ids[i]
-    for query, answer in zip(queries, found):
-        distances = 1.0 - descriptors @ query
-        nearest = np.argpartition(distances, NEIGHBOURS)[:NEIGHBOURS]
-        returned = set(answer.tolist())
-        close = nearest[distances[nearest] < 2 * threshold]
-        hits += sum(ids[i] in returned for i in nearest)
-        near_hits += sum(ids[i] in returned for i in close)
-        near += len(close)
+    hits = near_hits = near = 0
+    for first in range(0, RECALL_QUERIES, EXACT_QUERIES):
+        distances = 1.0 - queries[first:first + EXACT_QUERIES] @ descriptors.T
+        nearest = np.argpartition(distances, NEIGHBOURS, axis=1)[:, :NEIGHBOURS]
+        for row, answer, exact in zip(distances, found[first:first + EXACT_QUERIES], nearest):
+            returned = set(answer.tolist())
+            close = exact[row[exact] < 2 * threshold]
+            hits += sum(ids[i] in returned for i in exact)
+            near_hits += sum(ids[i] in returned for i in close)
+            near += len(close)
     outcome.update(recall=hits / (RECALL_QUERIES * NEIGHBOURS), near_recall=near_hits / max(near, 1), near=near)
     return outcome
 
 
-def _load(where: str, size: int, project: str, index_dir: Path) -> dict:
+def _load(where: str, size: int, project: str, index_dir: Path, dim: int, threshold: float) -> dict:
     """Another process's first assignment: it reads the index file, written after the first assignment of
     _fill_and_assign, and catches up on the faces stored since; and the memory the index takes there."""
     store = _open(where, index_dir)
-    [face] = person_directions(np.random.default_rng(0), 1)  # (not all the planted faces: memory is measured)
+    [face] = person_directions(np.random.default_rng(0), 1, dim)  # (not all the planted faces: memory is measured)
     resident = _resident_mib()
     started = time.perf_counter()
-    store.assign(project, [NewFace("first-of-another", "face1", BOX, NO_LANDMARKS, face, 0)], "bench", _threshold())
+    store.assign(project, [NewFace("first-of-another", "face1", BOX, NO_LANDMARKS, face, 0)], "bench", threshold)
     seconds = time.perf_counter() - started
     [(_, index)] = store._indexes.items()
     return dict(load=seconds, index_mib=_resident_mib() - resident, index_estimate_mib=index.nbytes() / 2**20,
                 caught_up=index.unsaved)
 
 
-def _recluster(where: str, size: int, project: str, index_dir: Path) -> dict:
-    threshold = _threshold()
+def _recluster(where: str, size: int, project: str, index_dir: Path, dim: int, threshold: float) -> dict:
     store = _open(where)
     started = time.perf_counter()
     before = store.faces(project)
@@ -249,10 +279,33 @@ def _recluster(where: str, size: int, project: str, index_dir: Path) -> dict:
     written = time.perf_counter()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     bulk = np.array([task.isdigit() for task in before.tasks])
-    planted = _planted(size)[2][[int(task) for task in np.array(before.tasks)[bulk]]]
+    planted = _planted(size, dim, threshold, descriptors=False)[2][[int(task) for task in np.array(before.tasks)[bulk]]]
     return dict(read=read - started, cluster=clustered - read, write=written - clustered, recluster=written - started,
-                moved=result["moved"], recluster_f1=_bcubed_f1(planted, labels[bulk]),
-                peak_mib=peak_mib)
+                moved=result["moved"], recluster_f1=_bcubed_f1(planted, labels[bulk]), peak_mib=peak_mib,
+                **_pair_recall(before.descriptors, threshold))
+
+
+def _pair_recall(descriptors: np.ndarray, threshold: float) -> dict:
+    """Of the exact GRAPH_NEIGHBOURS nearest faces closer than the threshold of the first PAIR_QUERIES
+    faces (the store's order: planted people at random), the share that cluster_project's close pairs hold
+    (a graph as cluster_project builds it, its pairs of those faces)."""
+    n = len(descriptors)
+    graph = build_graph(descriptors, GRAPH_NEIGHBOURS, threshold, InProcess(),
+                        _row_shards(n), lambda fraction: None)
+    first, second, _ = close_pairs(graph, (0, PAIR_QUERIES))
+    del graph
+    found = set(zip(first.tolist(), second.tolist()))
+    expected = 0
+    hits = 0
+    for start in range(0, PAIR_QUERIES, EXACT_QUERIES):
+        distances = 1.0 - descriptors[start:start + EXACT_QUERIES] @ descriptors.T
+        distances[np.arange(len(distances)), np.arange(start, start + len(distances))] = np.inf
+        nearest = np.argpartition(distances, GRAPH_NEIGHBOURS, axis=1)[:, :GRAPH_NEIGHBOURS]
+        for face, (row, exact) in enumerate(zip(distances, nearest), start=start):
+            close = exact[row[exact] < threshold]
+            expected += len(close)
+            hits += sum((face, int(other)) in found for other in close)
+    return {"pair_recall": hits / max(expected, 1), "pairs": expected}
 
 
 def _bcubed_f1(people: np.ndarray, clusters: np.ndarray) -> float:

@@ -291,15 +291,6 @@ def test_the_index_is_exact_then_inverted(monkeypatch):
     assert len(index) == 2000 and not (ids[ids >= 0] % 6 == 0).any()
 
 
-def test_knn_graph_is_the_exact_graph_on_few_faces():
-    descriptors, _ = synthetic_faces(np.random.default_rng(2), people=30, faces=300)
-    neighbours, distances = vector_index.knn_graph(descriptors, 5)
-    exact = 1.0 - descriptors @ descriptors.T
-    np.fill_diagonal(exact, np.inf)
-    assert (neighbours != np.arange(300)[:, None]).all()
-    np.testing.assert_allclose(distances, np.sort(exact, axis=1)[:, :5], atol=1e-5)
-
-
 def test_a_store_from_before_face_ids_numbers_its_faces(store, faces_of, vision):
     project, threshold = new_project(), vision.identity_distance
     obama = store.assign(project, [new_face(faces_of, "obama_1.jpg", "a")], "v1", threshold)

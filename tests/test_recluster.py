@@ -6,27 +6,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.storage import identities
-from bench.common import FACES_PER_PERSON, faces_of, person_directions
+from backend.storage import identities, vector_index
+from bench.common import FACES_PER_PERSON, faces_of, noise_for, person_directions
 from bench.identity_store import _bcubed_f1
 
 FACES = 3000
 THRESHOLD = 0.1  # dlib_resnet's identity_distance; the synthetic faces are made for it
 
 
-def planted_faces(count: int = FACES, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(people, descriptors): synthetic faces, about FACES_PER_PERSON of each planted person."""
+def planted_faces(count: int = FACES, seed: int = 3, dim: int = 128,
+                  threshold: float = THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """(people, descriptors): synthetic faces, about FACES_PER_PERSON of each planted person, spread for
+    `threshold`."""
     rng = np.random.default_rng(seed)
     people = rng.integers(0, count // FACES_PER_PERSON, count)
-    return people, faces_of(rng, person_directions(rng, people.max() + 1), people)
+    return people, faces_of(rng, person_directions(rng, people.max() + 1, dim), people, noise_for(threshold))
 
 
 @pytest.mark.parametrize("inverted", [False, True])
 def test_shards_give_the_clusters_of_one_shard(monkeypatch, inverted):
     people, descriptors = planted_faces()
     if inverted:  # the inverted-file graph index of large projects, with lists for this size
-        monkeypatch.setattr(identities, "EXACT_UP_TO", FACES // 3)
-        monkeypatch.setattr(identities, "LISTS", 16)
+        monkeypatch.setattr(vector_index, "EXACT_UP_TO", FACES // 3)
+        monkeypatch.setattr(vector_index, "LISTS", 16)
     whole = identities.cluster_project(descriptors, THRESHOLD)
     seen = []
     monkeypatch.setattr(identities, "SHARD_FACES", 700)  # 5 shards of queries; groups cut at ~700 faces
@@ -36,12 +38,30 @@ def test_shards_give_the_clusters_of_one_shard(monkeypatch, inverted):
     assert seen == sorted(seen) and seen[-1] == 1.0  # progress only moves forward, to the end
 
 
+def test_long_descriptors_are_searched_reduced_and_linked_by_their_whole_distances(monkeypatch):
+    """Descriptors longer than GRAPH_DIM (the default's 1152) of many faces: candidates from their principal
+    components, distances measured on the whole descriptors; the clusters are the planted people."""
+    monkeypatch.setattr(vector_index, "GRAPH_REDUCED_FROM", 1000)
+    monkeypatch.setattr(vector_index, "GRAPH_DIM", 32)
+    people, descriptors = planted_faces(dim=256, threshold=0.3)
+    graph = vector_index.build_graph(descriptors, identities.GRAPH_NEIGHBOURS, 0.3, identities.InProcess(), [(0, FACES)],
+                                     lambda fraction: None)
+    assert graph.searched.shape == (FACES, 32)
+    first, second, distance = vector_index.close_pairs(graph, (0, FACES))
+    np.testing.assert_allclose(distance, 1.0 - np.einsum("ij,ij->i", descriptors[first], descriptors[second]),
+                               atol=1e-5)
+    same = people[:, None] == people[None, :]
+    np.fill_diagonal(same, False)
+    assert len(first) >= 0.99 * same.sum()  # nearly every pair of one person's faces
+    assert _bcubed_f1(people, identities.cluster_project(descriptors, 0.3)) > 0.99
+
+
 def test_close_pairs_are_the_exact_ones_on_few_faces():
     """Up to EXACT_UP_TO faces the graph is exact: each face paired with its nearest others, those closer
     than the radius kept, as numpy finds them over all pairs."""
     _, descriptors = planted_faces(400)
-    graph = identities._graph(descriptors, 5, 0.5, identities.InProcess(), lambda fraction: None)
-    first, second, distance = identities.close_pairs(graph, (0, 400))
+    graph = vector_index.build_graph(descriptors, 5, 0.5, identities.InProcess(), [(0, 400)], lambda fraction: None)
+    first, second, distance = vector_index.close_pairs(graph, (0, 400))
     every = 1.0 - descriptors.astype(np.float64) @ descriptors.T.astype(np.float64)
     np.fill_diagonal(every, np.inf)
     nearest = np.argsort(every, axis=1)[:, :5]

@@ -463,16 +463,30 @@ class FaceStore:
     # Re-clustering ----------------------------------------------------------------------------------
 
     def faces(self, project: str) -> ProjectFaces:
-        rows = self._run(self._connection(), "SELECT task, region, identity, confirmed, descriptor, quality FROM "
-                                             "faces WHERE project = ? ORDER BY task, region", (project,)).fetchall()
-        return ProjectFaces(
-            tasks=[r[0] for r in rows],
-            regions=[r[1] for r in rows],
-            identities=np.array([r[2] for r in rows], dtype=np.int64),
-            confirmed=np.array([bool(r[3]) for r in rows], dtype=bool),
-            descriptors=np.stack([_array(r[4]) for r in rows]) if rows else np.zeros((0, 0), np.float32),
-            quality=np.array([r[5] for r in rows], dtype=np.float64),
-        )
+        """All of the project's faces, by task and region. Read a page at a time (_face_pages), each page's
+        descriptors straight into one array sized by a count taken first: 10^6 1152-d faces take 4.3 GiB,
+        not twice that (every row's bytes, then a stacked copy)."""
+        db = self._connection()
+        [(count,)] = self._run(db, "SELECT COUNT(*) FROM faces WHERE project = ?", (project,)).fetchall()
+        tasks, regions, identities, confirmed, quality = [], [], [], [], []
+        descriptors = np.zeros((0, 0), np.float32)
+        for rows in self._face_pages(db, project, "identity, confirmed, quality, descriptor"):
+            page = _descriptor_page(project, [row[5] for row in rows], descriptors.shape[1] if len(tasks) else None)
+            start = len(tasks)
+            if start == 0:
+                descriptors = np.empty((max(count, len(rows)), page.shape[1]), np.float32)
+            elif start + len(rows) > len(descriptors):  # (faces stored since the count)
+                descriptors = np.concatenate([descriptors, np.empty((len(rows), page.shape[1]), np.float32)])
+            descriptors[start:start + len(rows)] = page
+            for row in rows:
+                tasks.append(row[0])
+                regions.append(row[1])
+                identities.append(row[2])
+                confirmed.append(bool(row[3]))
+                quality.append(row[4])
+        return ProjectFaces(tasks=tasks, regions=regions, identities=np.array(identities, dtype=np.int64),
+                            confirmed=np.array(confirmed, dtype=bool), descriptors=descriptors[:len(tasks)],
+                            quality=np.array(quality, dtype=np.float64))
 
     def faces_since_recluster(self, project: str) -> tuple[int, int]:
         """(faces the project holds, faces it held at its last re-clustering, 0 if none)."""
@@ -800,22 +814,47 @@ class FaceStore:
         """{identity: (faces, weight, descriptor_sum, name)} of those that exist."""
         return {identity: rest for cursor in sent for identity, *rest in cursor.fetchall()}
 
+    def _face_pages(self, db, project: str, columns: str):
+        """The project's faces, LOOKUP_ROWS at a time by task and region: lists of rows of (task, region,
+        *columns). Each page starts past the last (task, region) read, so a face stored or deleted meanwhile
+        is read once or not at all, never twice; and a client that fetches a statement's whole result
+        (psycopg) holds one page, not the project."""
+        last: tuple = ()
+        while True:
+            rows = self._run(db, f"SELECT task, region, {columns} FROM faces WHERE project = ? "
+                                 f"{'AND (task, region) > (?, ?) ' if last else ''}ORDER BY task, region LIMIT ?",
+                             (project, *last, LOOKUP_ROWS)).fetchall()
+            if rows:
+                yield rows
+            if len(rows) < LOOKUP_ROWS:
+                return
+            last = rows[-1][:2]
+
     def _rebuild_identities(self, db, project: str) -> None:
-        """Recompute every identity's count and sum from its faces (after re-clustering moved many)."""
-        rows = self._run(db, "SELECT identity, confirmed, descriptor FROM faces WHERE project = ?",
-                         (project,)).fetchall()
+        """Recompute every identity's count and sum from its faces (after re-clustering moved many), a page
+        of faces at a time (10^6 1152-d faces: 4.3 GiB as float32 at once)."""
+        faces, weights, totals = {}, {}, {}
+        for rows in self._face_pages(db, project, "identity, confirmed, descriptor"):
+            page = _descriptor_page(project, [row[4] for row in rows])
+            numbers, index = np.unique([row[2] for row in rows], return_inverse=True)
+            order = np.argsort(index, kind="stable")
+            starts = np.r_[0, np.flatnonzero(np.diff(index[order])) + 1]
+            weight = face_weights([bool(row[3]) for row in rows])
+            sums = np.add.reduceat(weight[order, None] * page[order].astype(np.float64), starts)
+            for number, count, total, summed in zip(numbers.tolist(), np.bincount(index).tolist(),
+                                                    np.bincount(index, weight).tolist(), sums):
+                faces[number] = faces.get(number, 0) + count
+                weights[number] = weights.get(number, 0.0) + total
+                # (a copy: a row of `sums` would keep every page's sums in memory, 0.1 GB a page at 1152-d)
+                totals[number] = totals[number] + summed if number in totals else summed.copy()
         self._run(db, "UPDATE identities SET faces = 0, weight = 0, descriptor_sum = ? WHERE project = ?",
                   (b"", project))
-        if rows:
-            numbers, index = np.unique([r[0] for r in rows], return_inverse=True)
-            weights = face_weights([bool(r[1]) for r in rows])
-            descriptors = np.stack([_array(r[2]) for r in rows]).astype(np.float64)
-            totals = np.zeros((len(numbers), descriptors.shape[1]))
-            np.add.at(totals, index, weights[:, None] * descriptors)
+        numbers = sorted(faces)
+        for start in range(0, len(numbers), LOOKUP_ROWS):
             self._many(db, "UPDATE identities SET faces = ?, weight = ?, descriptor_sum = ? "
                            "WHERE project = ? AND identity = ?",
-                       [(int(n), float(w), _blob(t, np.float64), project, int(i)) for i, n, w, t in zip(
-                           numbers, np.bincount(index), np.bincount(index, weights), totals)])
+                       [(faces[n], weights[n], _blob(totals[n], np.float64), project, n)
+                        for n in numbers[start:start + LOOKUP_ROWS]])
         self._drop_empty_identities(db, project)
 
     def _drop_empty_identities(self, db, project: str, identities=None) -> None:
@@ -874,3 +913,12 @@ def _blob(array, dtype) -> bytes:
 
 def _array(blob, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(blob, dtype=dtype)
+
+
+def _descriptor_page(project: str, blobs: list, size: int | None = None) -> np.ndarray:
+    """(rows, D) float32 of a page's descriptor blobs, all of one size (and of `size` when given)."""
+    sizes = {len(blob) for blob in blobs} | ({4 * size} if size is not None else set())
+    if len(sizes) > 1:
+        raise ValueError(f"project {project} holds descriptors of several sizes: re-cluster it after predicting "
+                         "all of its tasks again with one set of descriptor models")
+    return _array(b"".join(blobs)).reshape(len(blobs), -1)

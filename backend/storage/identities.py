@@ -209,7 +209,7 @@ def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progres
     for found in executor.map(close_pairs, (graph,), queries):
         pairs.append(found)
         progress(0.2 + 0.5 * len(pairs) / len(queries))
-    del graph  # (its index and reduced descriptors: ~0.8 GiB at 10^6 faces)
+    del graph  # (its index, lists and reduced descriptors: ~1 GiB at 10^6 faces)
     first, second, distance = (np.concatenate(part) for part in zip(*pairs))
     if reach > threshold:  # past the threshold, only pairs with an uncertain face link
         linking = (distance < threshold) | uncertain[first] | uncertain[second]

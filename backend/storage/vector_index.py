@@ -31,6 +31,12 @@ generation, or ahead of the database's numbering, is ignored, and the index is r
 (A database restored from a backup keeps its generation: a file written after the backup was taken is
 ahead of it, and rebuilt, until the restored database has numbered as many faces again; so INDEX_DIR is
 emptied when a database is restored.)
+
+A re-clustering (storage.identities.cluster_project) links faces by the close pairs among each face's
+nearest others: build_graph indexes all of a project's descriptors once (exact, or inverted-file with small
+lists; long descriptors of large projects by their principal components), and close_pairs searches it for
+a run of faces, measuring the candidates' distances on the whole descriptors; both run in shards, in this
+process or on Ray (service/ray_recluster.py).
 """
 from __future__ import annotations
 
@@ -66,11 +72,16 @@ PROBES = 16
 TRAINING_ITERATIONS = 10
 TRAINING_SAMPLE = 64 * LISTS
 # The nearest-neighbour graph of a re-clustering (build_graph) above EXACT_UP_TO faces: a list per this many
-# faces, this many lists searched per face (on 128-d synthetic faces, 4 of 512 lists found 0.998 of the
-# nearest faces closer than 0.2; re-clustering 10^6 such faces gives BCubed F1 0.9998 against the planted
-# people), and k-means learns the lists from this many faces per list.
+# faces, this many lists searched per face, and k-means learns the lists from this many faces per list.
+# Probes: the default descriptors' faces of one person spread further (up to their threshold of 0.3, ~25
+# degrees) than dlib's alone (0.1): of synthetic 1152-d faces' exact 32 nearest closer than 0.3, at 10^6
+# faces (3,906 lists) 4 probes found 0.82, 16 found 0.95 (lists of 64 faces and 4 probes: 0.96 in twice
+# the time; fewer, larger lists did worse). A pair lost one way is mostly found the other way:
+# re-clustering 10^6 such faces (bench/results/identity_store_recluster.md) gave BCubed F1 0.9964 against
+# the planted people with 4 probes, 1.0000 with 16, in 181 s of clustering instead of 173 (128-d faces,
+# spread for 0.1: 0.9998 with 4).
 GRAPH_CELL = 256
-GRAPH_PROBES = 4
+GRAPH_PROBES = 16
 GRAPH_TRAINING = 16
 # Longer descriptors than this, of projects of at least GRAPH_REDUCED_FROM faces, are searched for
 # candidate neighbours in their GRAPH_DIM principal components (learnt from up to GRAPH_PCA_SAMPLE of the

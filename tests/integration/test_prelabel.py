@@ -69,6 +69,18 @@ class RayCluster:
                 raise RuntimeError(f"the Ray cluster did not start:\n{tail(log_path)}")
             time.sleep(0.5)
 
+    @classmethod
+    def start(cls, log_path: Path, attempts: int = 2) -> "RayCluster":
+        """A started cluster. Its ports are picked free just before `ray start` binds them, and its workers'
+        range of 100 ports above one of them may meet a port another process took meanwhile: then once more,
+        on other ports."""
+        for attempt in range(attempts):
+            try:
+                return cls(log_path)
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+
     def actor_pids(self) -> list[int]:
         """The processes of this cluster's prediction actors (prelabel's ray_pipeline._Actor)."""
         return actor_processes(self.process.pid)
@@ -80,7 +92,7 @@ class RayCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    cluster = RayCluster(tmp_path_factory.mktemp("ray") / "ray.log")
+    cluster = RayCluster.start(tmp_path_factory.mktemp("ray") / "ray.log")
     yield cluster
     cluster.stop()
 

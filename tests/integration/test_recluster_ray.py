@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from backend.storage import FaceStore, NewFace
-from backend.storage import identities
+from backend.storage import identities, vector_index
 from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect
 from backend.service.recluster import recluster
 from bench.prelabel import RAY_LOOPBACK
@@ -34,7 +34,7 @@ REQUEST = 100  # faces stored together, as one /predict batch
 def ray_cluster(tmp_path_factory):
     saved = {name: os.environ.get(name) for name in RAY_LOOPBACK}
     os.environ.update(RAY_LOOPBACK)  # this process is a driver of the cluster too
-    cluster = RayCluster(tmp_path_factory.mktemp("ray") / "ray.log")
+    cluster = RayCluster.start(tmp_path_factory.mktemp("ray") / "ray.log")
     yield cluster
     import ray
 
@@ -63,8 +63,8 @@ def fill(store: FaceStore, project: str, descriptors: np.ndarray) -> None:
 def test_recluster_on_ray_gives_the_identities_of_one_process(ray_cluster, database, tmp_path, monkeypatch):
     # The graph's inverted-file index (above EXACT_UP_TO faces) with lists for this size, searched and
     # clustered in 4 shards: the driver decides both, the workers search what they are sent.
-    monkeypatch.setattr(identities, "EXACT_UP_TO", FACES // 4)
-    monkeypatch.setattr(identities, "LISTS", 16)
+    monkeypatch.setattr(vector_index, "EXACT_UP_TO", FACES // 4)
+    monkeypatch.setattr(vector_index, "LISTS", 16)
     monkeypatch.setattr(identities, "SHARD_FACES", FACES // 4)
     store = FaceStore(PostgreSQLDialect(database) if database else SQLiteDialect(tmp_path / "faces.sqlite3"))
     people, descriptors = planted_faces(FACES)
