@@ -406,7 +406,7 @@ def test_same_person_across_requests_and_renames(backend, photos, faces_truth):
     # The annotator deletes the face box of task 1: it leaves the store.
     body = annotation_from({"result": []}, 1, photos, project, action="ANNOTATION_UPDATED")
     assert backend.webhook(body).json()["deleted"] == 1
-    assert backend.store().regions(project, "1") == set()
+    assert backend.store().boxes(project, "1") == {}
 
 
 def test_eight_concurrent_requests_show_one_person(backend, photos):

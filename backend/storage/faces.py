@@ -298,11 +298,6 @@ class FaceStore:
 
     # Annotators' corrections -------------------------------------------------------------------------
 
-    def regions(self, project: str, task: str) -> set[str]:
-        rows = self._run(self._connection(), "SELECT region FROM faces WHERE project = ? AND task = ?",
-                         (project, task)).fetchall()
-        return {region for (region,) in rows}
-
     def boxes(self, project: str, task: str) -> dict[str, np.ndarray]:
         """{region: (4,) box in pixels} of the task's stored faces."""
         rows = self._run(self._connection(), "SELECT region, x1, y1, x2, y2 FROM faces WHERE project = ? AND task = ?",

@@ -39,6 +39,17 @@ def landmarks_from_boxes(boxes: np.ndarray) -> np.ndarray:
     return origin + BOX_TEMPLATE * size
 
 
+def aligned_chips(image: np.ndarray, faces: Detections, chip_size: int, spec: ModelSpec,
+                  face_scale: float = 1.0) -> np.ndarray:
+    """Each face aligned by its five landmarks (placed from its box where it has none) onto the ArcFace
+    template (shrunk to face_scale of the chip), as the network's input: (N, 3, chip_size, chip_size)."""
+    landmarks = faces.landmarks.copy()
+    missing = ~faces.has_landmarks
+    landmarks[missing] = landmarks_from_boxes(faces.boxes[missing])
+    return np.concatenate([to_network_input(align_face(image, points, chip_size, face_scale), spec)
+                           for points in landmarks])
+
+
 class ArcFace(Embedder):
     def __init__(self, spec: ModelSpec, models_dir: Path):
         super().__init__(spec, models_dir)
@@ -57,12 +68,7 @@ class ArcFace(Embedder):
     def embed(self, image: np.ndarray, faces: Detections) -> np.ndarray:
         if len(faces) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        landmarks = faces.landmarks.copy()
-        missing = ~faces.has_landmarks
-        landmarks[missing] = landmarks_from_boxes(faces.boxes[missing])
-        chips = np.concatenate(
-            [to_network_input(align_face(image, points, self.chip_size), self.spec) for points in landmarks]
-        )
+        chips = aligned_chips(image, faces, self.chip_size, self.spec)
         descriptors = self._run(chips)
         if self.flip:
             descriptors = descriptors + self._run(np.ascontiguousarray(chips[..., ::-1]))

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..alignment import align_face
 from ..detections import Detections
 from ..manifest import ModelSpec
-from .arcface import landmarks_from_boxes
-from .base import Embedder, l2_normalise, network_input_size, onnx_session, to_network_input
+from .arcface import aligned_chips
+from .base import Embedder, l2_normalise, network_input_size, onnx_session
 
 
 class FaceRes(Embedder):
@@ -41,11 +40,7 @@ class FaceRes(Embedder):
     def embed(self, image: np.ndarray, faces: Detections) -> np.ndarray:
         if len(faces) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        landmarks = faces.landmarks.copy()
-        missing = ~faces.has_landmarks
-        landmarks[missing] = landmarks_from_boxes(faces.boxes[missing])
-        chips = np.concatenate([to_network_input(align_face(image, points, self.chip_size, self.face_scale), self.spec)
-                                for points in landmarks])
+        chips = aligned_chips(image, faces, self.chip_size, self.spec, self.face_scale)
         nhwc = np.ascontiguousarray(chips.transpose(0, 2, 3, 1))
         [features] = self.session.run([self.output_name], {self.input_name: nhwc})
         return l2_normalise(features.reshape(len(faces), self.dim).astype(np.float32))
