@@ -62,6 +62,8 @@ def join_cluster(address: str, error: type[Exception]):
     except ImportError:
         raise error("Ray is not installed: pip install --no-deps -r requirements-ray.txt "
                     "(on every node of the cluster)") from None
+    if ray.is_initialized() and address not in ("local", "auto") and ray.get_runtime_context().gcs_address != address:
+        ray.shutdown()  # this process was a driver of another cluster, which ray.init would silently keep using
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as failure:

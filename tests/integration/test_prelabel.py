@@ -86,6 +86,8 @@ class RayCluster:
         return actor_processes(self.process.pid)
 
     def stop(self):
+        if "ray" in sys.modules:  # a driver in this process leaves first: Ray ends a driver whose cluster is gone
+            sys.modules["ray"].shutdown()
         stop_process(self.process, timeout=60)  # `ray start --block` stops its cluster on SIGTERM
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

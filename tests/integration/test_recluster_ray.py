@@ -36,9 +36,6 @@ def ray_cluster(tmp_path_factory):
     os.environ.update(RAY_LOOPBACK)  # this process is a driver of the cluster too
     cluster = RayCluster.start(tmp_path_factory.mktemp("ray") / "ray.log")
     yield cluster
-    import ray
-
-    ray.shutdown()
     cluster.stop()
     for name, value in saved.items():
         if value is None:
