@@ -196,6 +196,11 @@ def run_recluster(args, settings: Settings) -> int:
         except ReclusterError as error:
             print(f"autoannotator: recluster: {error}", file=sys.stderr)
             return 1
+        finally:
+            # A driver leaves its cluster before the interpreter exits: replies still arriving for cancelled
+            # or finished tasks otherwise meet Ray's core worker as it is torn down, which aborts the process.
+            if "ray" in sys.modules:
+                sys.modules["ray"].shutdown()
     print(json.dumps(result))
     if not context.label_studio.configured:
         print("LABEL_STUDIO_URL is not set: Label Studio's predictions were left as they were", file=sys.stderr)
