@@ -9,11 +9,14 @@ fast preset (BlazeFace, dlib's descriptor) finds the one face of each; its ident
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +33,7 @@ from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect, dialect_f
 from backend.storage.prelabel_state import PrelabelState, RunInProgress
 from bench.prelabel import RAY_LOOPBACK, actor_processes, face_crops
 
-from .label_studio import REPO_ROOT, free_port, stop_process, tail
+from .label_studio import REPO_ROOT, stop_process, tail
 
 LABEL_CONFIG = REPO_ROOT / "label_config.xml"
 TASKS = 500
@@ -41,19 +44,45 @@ RUN_SETTINGS = {"MODEL_PRESET": "fast", "FLIP_TTA": "0", "PRELABEL_BATCH": "8", 
                 "RAY_ACTORS": "2", "RAY_ACTOR_CPUS": "1", "LOG_LEVEL": "WARNING"}
 
 
+# Ports a test's Ray cluster takes: its own, six for its services, and RAY_WORKER_PORTS that its workers and
+# drivers bind one by one as they start.
+RAY_SERVICE_PORTS = 7
+RAY_WORKER_PORTS = 100
+
+
+def ray_ports() -> list[int]:
+    """A run of consecutive ports free now, below the kernel's ephemeral range (where the ports of outgoing
+    connections come from, consecutively for one destination: the face store's PostgreSQL connections, Label
+    Studio's, Ray's own would otherwise take ports of the workers' range before a worker binds one), at a random
+    place, so that clusters of tests running side by side do not meet."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    count = RAY_SERVICE_PORTS + RAY_WORKER_PORTS
+    for _ in range(50):
+        first = random.randrange(20000, lowest_ephemeral - count)
+        with contextlib.ExitStack() as bound:
+            try:
+                for port in range(first, first + count):
+                    sock = bound.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return list(range(first, first + count))
+    raise RuntimeError(f"no {count} consecutive free ports between 20000 and {lowest_ephemeral}")
+
+
 class RayCluster:
     """`ray start --head --block` on loopback, 2 CPUs, 200 MiB of object store: the cluster lives as long as
     that process."""
 
     def __init__(self, log_path: Path):
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-        self.port = free_port()
+        free = ray_ports()
+        self.port = free[0]
         self.address = f"127.0.0.1:{self.port}"
-        ports = {flag: free_port() for flag in (
-            "--node-manager-port", "--object-manager-port", "--min-worker-port",
-            "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",
-            "--runtime-env-agent-port")}
-        ports["--max-worker-port"] = ports["--min-worker-port"] + 100
+        ports = dict(zip(("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
+                          "--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port",
+                          "--min-worker-port"), free[1:]))
+        ports["--max-worker-port"] = free[-1]
         command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                    "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=2",
                    f"--object-store-memory={200 * 2**20}", "--include-dashboard=false", "--disable-usage-stats",
@@ -71,9 +100,8 @@ class RayCluster:
 
     @classmethod
     def start(cls, log_path: Path, attempts: int = 2) -> "RayCluster":
-        """A started cluster. Its ports are picked free just before `ray start` binds them, and its workers'
-        range of 100 ports above one of them may meet a port another process took meanwhile: then once more,
-        on other ports."""
+        """A started cluster. Its ports are picked free just before `ray start` binds them, and another
+        process may take one meanwhile: then once more, on other ports."""
         for attempt in range(attempts):
             try:
                 return cls(log_path)
