@@ -29,6 +29,7 @@ from backend.config import Settings
 from backend.storage import AnnotatedFace, FaceStore, NewFace, cluster_project
 from backend.storage import identities as identity_math
 from backend.storage import vector_index
+from backend.storage.faces import sum_array
 from backend.storage.dialects import PostgreSQLDialect, SQLiteDialect
 from backend.vision.clustering import cluster_identities
 from tests.integration.label_studio import tail
@@ -270,22 +271,37 @@ def test_votes_of_the_nearest_faces():
     assert confidence.tolist() == pytest.approx([1.0, 0.5, 1.0, 0.4])
 
 
-def test_the_index_is_exact_then_inverted(monkeypatch):
+@pytest.mark.parametrize("dim", [128, 1152])  # dlib's alone; the default's, searched by principal components
+def test_the_index_is_exact_then_inverted(monkeypatch, tmp_path, dim):
     """Below EXACT_UP_TO faces the index searches exactly; above, its inverted lists find the faces near
-    each query as exact search does, and removed faces are never found again."""
+    each query as exact search does (long descriptors: by their principal components, their similarities
+    measured on the whole ones), written to its file and read back it answers the same, and removed faces
+    are never found again."""
     monkeypatch.setattr(vector_index, "EXACT_UP_TO", 1500)
     monkeypatch.setattr(vector_index, "LISTS", 32)
     monkeypatch.setattr(vector_index, "TRAINING_SAMPLE", 1500)
-    descriptors, _ = synthetic_faces(np.random.default_rng(1), people=400, faces=4000)
+    monkeypatch.setattr(vector_index, "REDUCED_FROM", 500)
+    descriptors, _ = synthetic_faces(np.random.default_rng(1), people=400, faces=4000, dim=dim)
     queries = descriptors[::50]
     exact = 1.0 - queries @ descriptors.T
     index = vector_index.FaceIndex(descriptors.shape[1])
     for start in range(0, len(descriptors), 1000):
         index.add(np.arange(start, start + 1000) * 3, descriptors[start:start + 1000])
-        if start == 0:
+        if start == 0:  # (long descriptors: their principal components, searched exactly)
+            assert not index._inverted and (index._whole is not None) == (dim > vector_index.SEARCHED_DIM)
             assert _near_recall(index, queries, exact[:, :1000]) == 1.0
     assert len(index) == 4000 and index._inverted
+    assert (index._whole is not None) == (dim > vector_index.SEARCHED_DIM)
     assert _near_recall(index, queries, exact) >= 0.99
+    ids, similarities = index.search(queries, 10)
+    assert similarities == pytest.approx(1.0 - np.take_along_axis(exact, ids // 3, axis=1), abs=2e-3)  # (float16)
+
+    cache = vector_index.IndexCache(tmp_path, 2**30)
+    cache._write("7", index)
+    read = cache._read("7", dim)
+    assert (read._whole is not None) == (index._whole is not None)
+    assert [a.tolist() for a in read.search(queries, 10)] == [ids.tolist(), similarities.tolist()]
+
     index.remove(np.arange(0, 12000, 6))  # every other face
     ids, _ = index.search(queries, 10)
     assert len(index) == 2000 and not (ids[ids >= 0] % 6 == 0).any()
@@ -307,11 +323,11 @@ def test_a_store_from_before_face_ids_numbers_its_faces(store, faces_of, vision)
     assert [task for task, _ in ids] == ["a", "b", "c"] and len({face_id for _, face_id in ids}) == 3
 
 
-def synthetic_faces(rng, people: int, faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit 128-d descriptors: each face its person's random direction plus noise (~0.03 apart)."""
-    centres = identity_math.unit(rng.normal(size=(people, 128)))
+def synthetic_faces(rng, people: int, faces: int, dim: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Unit descriptors: each face its person's random direction plus noise (~0.03 apart)."""
+    centres = identity_math.unit(rng.normal(size=(people, dim)))
     members = rng.integers(0, people, faces)
-    noise = rng.normal(scale=0.18 / np.sqrt(128), size=(faces, 128))
+    noise = rng.normal(scale=0.18 / np.sqrt(dim), size=(faces, dim))
     return identity_math.unit(centres[members] + noise).astype(np.float32), members
 
 
@@ -568,3 +584,25 @@ class FakeLabelStudio(LoopbackServer):
                 self.wfile.write(data)
 
         super().__init__(Handler)
+
+
+def test_a_store_of_float64_identity_sums_stores_them_as_float32(store):
+    """A store of format 1 kept identity sums as float64; opened again, it holds them as float32 (six
+    faces, each a person: a request's groups are different people)."""
+    project, rng = new_project(), np.random.default_rng(3)
+    descriptors, _ = synthetic_faces(rng, people=2, faces=6)
+    store.assign(project, [NewFace(f"t{i}", "face1", np.array([0, 0, 50, 50.0]), np.full((5, 2), np.nan), d, i)
+                           for i, d in enumerate(descriptors)], "v1", 0.1)
+    with store._locked("test") as db:  # as format 1 wrote them
+        rows = store._run(db, "SELECT identity, descriptor_sum FROM identities WHERE project = ?", (project,))
+        sums = {identity: sum_array(total) for identity, total in rows.fetchall()}
+        store._many(db, "UPDATE identities SET descriptor_sum = ? WHERE project = ? AND identity = ?",
+                    [(total.tobytes(), project, identity) for identity, total in sums.items()])
+        store._run(db, "DELETE FROM store_format")
+    reopened = FaceStore(store.dialect)
+    db = reopened._connection()
+    rows = reopened._run(db, "SELECT identity, descriptor_sum FROM identities WHERE project = ?", (project,)).fetchall()
+    assert len(sums) == 6 and {identity: len(total) for identity, total in rows} == {i: 4 * 128 for i in sums}
+    for identity, total in rows:
+        assert sum_array(total) == pytest.approx(sums[identity], abs=1e-6)
+    assert reopened._run(db, "SELECT version FROM store_format").fetchall() == [(2,)]

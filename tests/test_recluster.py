@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from backend.storage import identities, vector_index
+from backend.storage import identities as identity_math
+from backend.vision.clustering import cluster_identities
 from bench.common import FACES_PER_PERSON, faces_of, noise_for, person_directions
 from bench.identity_store import _bcubed_f1
 
@@ -83,3 +85,27 @@ def test_a_pair_just_past_the_threshold_stays_apart():
     for distance, expected in ((THRESHOLD - 5e-4, [0, 0]), (THRESHOLD + 5e-4, [0, 1]), (0.5, [0, 1])):
         assert identities.cluster_project(np.stack([first, at(distance)]), THRESHOLD).tolist() == expected
     assert identities.cluster_project(first[None], THRESHOLD).tolist() == [0]
+
+
+def test_runs_of_near_copies_of_one_person_are_joined():
+    """Two runs of 40 near-copies of one person (frames of two shots, crops of two photos), 0.04 apart:
+    each face's GRAPH_NEIGHBOURS nearest are copies in its own run, yet the runs are one person, as the
+    batch clustering of all faces says; the other people stay apart."""
+    rng = np.random.default_rng(5)
+    shot = identity_math.unit(rng.normal(size=128))
+    other_shot = identity_math.unit(shot + rng.normal(scale=0.28 / np.sqrt(128), size=128))
+    assert 0.03 < 1.0 - shot @ other_shot < 0.05
+    copies = [identity_math.unit(centre + rng.normal(scale=0.01 / np.sqrt(128), size=(40, 128)))
+              for centre in (shot, other_shot)]
+    people, others = planted_faces(200, seed=8)
+    descriptors = np.concatenate([*copies, others]).astype(np.float32)
+    labels = identities.cluster_project(descriptors, THRESHOLD)
+    assert len(set(labels[:80].tolist())) == 1 and labels[0] not in labels[80:]
+    np.testing.assert_array_equal(_partition(labels), _partition(cluster_identities(descriptors, THRESHOLD)))
+    assert _bcubed_f1(people, labels[80:]) > 0.99
+
+
+def _partition(labels: np.ndarray) -> np.ndarray:
+    """Labels numbered in the order their clusters first appear: equal for equal partitions."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse]

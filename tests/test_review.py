@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from backend.storage import AnnotatedFace, cluster_project, review
+from backend.storage.faces import sum_array
 from backend.storage.review import NOT_A_FACE, NOT_THIS_PERSON, ReviewError
 from tests.conftest import PHOTOS as PHOTOS_DIR
 from tests.test_identity_store import (  # noqa: F401  (fixtures)
@@ -57,7 +58,7 @@ class Snapshot:
         rows = store._run(db, "SELECT identity, name, faces, weight, descriptor_sum FROM identities "
                               "WHERE project = ? ORDER BY identity", (project,)).fetchall()
         self.identities = [(i, name, count, round(weight, 9)) for i, name, count, weight, _ in rows]
-        self.sums = [np.frombuffer(total) for *_, total in rows]
+        self.sums = [sum_array(total) for *_, total in rows]
 
     def __eq__(self, other) -> bool:
         return (self.faces, self.identities) == (other.faces, other.identities) and all(

@@ -20,12 +20,13 @@ def start(store: FaceStore, kind: str, job: str, project: str, work: Callable[[P
           expected: tuple[type[Exception], ...] = ()) -> None:
     """Run work(progress) -> result in a background thread as job `job` of `project`. An `expected` error
     fails the job with its message alone; any other with its type, and its traceback goes to the log."""
-    threading.Thread(target=_run, args=(store, kind, job, project, work, expected), name=f"{kind}-{job}",
+    threading.Thread(target=run, args=(store, kind, job, project, work, expected), name=f"{kind}-{job}",
                      daemon=True).start()
 
 
-def _run(store: FaceStore, kind: str, job: str, project: str, work: Callable[[Progress], dict],
-         expected: tuple[type[Exception], ...]) -> None:
+def run(store: FaceStore, kind: str, job: str, project: str, work: Callable[[Progress], dict],
+        expected: tuple[type[Exception], ...] = ()) -> None:
+    """start's job, on this thread: returns when it has ended (its status and result are the store's)."""
     shown = {"progress": -1.0, "stage": ""}
     finished = threading.Event()
 

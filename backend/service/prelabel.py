@@ -15,6 +15,11 @@ Killed at any point, a run resumes where it stopped when started again:
   replaces the task's faces in the store: no face is stored twice;
 - a push whose answer was lost is found in Label Studio by the next run: no pushed prediction is lost.
 Only one run per project at a time (PrelabelState.exclusive); a killed run's hold ends with its process.
+
+A run ends as /predict does: when the project has grown by AUTO_RECLUSTER since its last re-clustering, it
+is re-clustered (recluster.py), so that the identities of faces matched one batch at a time become those
+of the whole project clustered at once; prelabel pushes the ids that changed to Label Studio, annotate
+writes them into its import file.
 """
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ from .context import AppContext
 from .images import ImageLoader
 from .label_config import LabelConfigError
 from .predict import predict_tasks
-from .recluster import ReclusterError
-from .recluster import label_studio_call
+from .predictions import relabel_identities
+from .recluster import ReclusterError, is_due, label_studio_call, recluster
 
 logger = logging.getLogger(__name__)
 
@@ -202,13 +207,14 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def prelabel(context: AppContext, project: str, ray_address: str = "", progress: Progress | None = None) -> dict:
     """Pre-annotate every task of Label Studio project `project` that has no prediction of the current
-    models yet; returns the summary (tasks, skipped, done, failed with reasons). Raises PrelabelError, or
-    RunInProgress when another run holds the project."""
+    models yet; returns the summary (tasks, skipped, done, failed with reasons, the re-clustering's counts
+    or None). Raises PrelabelError, or RunInProgress when another run holds the project."""
     with PrelabelState(context.store).exclusive(project):
-        return _prelabel_held(context, project, ray_address, progress)
+        return _prelabel_held(context, project, ray_address, progress, in_job=False)
 
 
-def _prelabel_held(context: AppContext, project: str, ray_address: str, progress: Progress | None) -> dict:
+def _prelabel_held(context: AppContext, project: str, ray_address: str, progress: Progress | None,
+                   in_job: bool) -> dict:
     from .ray_pipeline import outcomes  # here: ray_pipeline imports this module
 
     client = context.label_studio
@@ -234,6 +240,7 @@ def _prelabel_held(context: AppContext, project: str, ray_address: str, progress
     pusher.flush()
     return {"project": project, "model_version": version, "tasks": details["task_number"],
             "skipped": details["task_number"] - todo, "done": pusher.pushed, **summary,
+            "reclustered": _recluster_if_due(context, project, ray_address, in_job),
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -255,9 +262,36 @@ def annotate(context: AppContext, paths: Iterable[Path], label_config: str, proj
     run = Run(context.settings, project, label_config, version, trusted_paths=True)
     with state.exclusive(project):
         summary = _drive(outcomes(run, source, context, ray_address), todo, lambda outcome: None, progress)
-        written = write_import_file(state, run, source, out, url_prefix)
+        reclustered = _recluster_if_due(context, project, ray_address, in_job=False)
+        written = write_import_file(context, state, run, source, out, url_prefix)
     return {"project": project, "model_version": version, "images": todo, "written": written, **summary,
-            "seconds": round(time.monotonic() - started, 1)}
+            "reclustered": reclustered, "seconds": round(time.monotonic() - started, 1)}
+
+
+def _recluster_if_due(context: AppContext, project: str, ray_address: str, in_job: bool) -> dict | None:
+    """The re-clustering's counts (recluster.recluster) when the run's project was due one (recluster.is_due),
+    else None. in_job: the run is the project's job (POST /prelabel) and re-clusters within it; else it
+    takes the project's job for the re-clustering, or leaves it to the job that holds it."""
+    if not is_due(context, project):
+        return None
+    logger.info("project %s has grown by AUTO_RECLUSTER=%g since its last re-clustering: re-clustering it",
+                project, context.settings.auto_recluster)
+
+    def work(progress: jobs.Progress) -> dict:
+        return recluster(context.store, project, context.annotator.identity_distance, context.label_studio,
+                         context.output_spec, progress, ray_address)
+
+    if in_job:
+        return work(lambda fraction, stage: None)
+    job, new = context.store.create_job(project)
+    if not new:
+        logger.info("project %s: job %s runs, and is left to finish; no re-clustering", project, job)
+        return None
+    jobs.run(context.store, "recluster", job, project, work, expected=(ReclusterError,))
+    ended = context.store.job(job)
+    if ended["status"] != "done":
+        raise PrelabelError(f"re-clustering project {project}: {ended['message']}")
+    return ended["result"]
 
 
 def _drive(batches: Iterator[list[Outcome]], todo: int, sink: Callable[[Outcome], None],
@@ -314,23 +348,30 @@ class Pusher:
         self.pushed += int(created.get("created") or 0)
 
 
-def write_import_file(state: PrelabelState, run: Run, source: ImageFiles, out: Path, url_prefix: str) -> int:
+def write_import_file(context: AppContext, state: PrelabelState, run: Run, source: ImageFiles, out: Path,
+                      url_prefix: str) -> int:
     """Write every predicted image of `source` to `out` as a Label Studio import file (JSON), streaming: a
-    batch of tasks in memory at a time. Written beside `out`, then renamed: a killed run leaves no half file."""
+    batch of tasks in memory at a time, each face with the identity the store gives it now. Written beside
+    `out`, then renamed: a killed run leaves no half file."""
+    spec = context.output_spec(run.label_config)
     partial = out.with_name(out.name + ".partial")
     written = 0
     with open(partial, "w") as file:
         file.write("[")
         for tasks in source():
-            states = state.states(run.project, run.model_version, [t["id"] for t in tasks])
+            ids = [t["id"] for t in tasks]
+            states = state.states(run.project, run.model_version, ids)
+            shown = context.store.shown_ids(run.project, ids)
             for task in tasks:
                 found = states.get(task["id"])
                 if found is None or found.status != PREDICTED:
                     continue
                 path = Path(task["id"])
                 image = url_prefix + str(path if not url_prefix else task["data"][source.image_key])
+                prediction = {**found.prediction, "result": relabel_identities(
+                    found.prediction["result"], spec, lambda region: shown.get((task["id"], region)))}
                 file.write(("," if written else "") + "\n" + json.dumps(
-                    {"data": {source.image_key: image}, "predictions": [found.prediction]}))
+                    {"data": {source.image_key: image}, "predictions": [prediction]}))
                 written += 1
         file.write("\n]\n")
     partial.replace(out)
@@ -386,4 +427,4 @@ def _prelabel_job(context: AppContext, project: str, hold: ExitStack, progress: 
 
     with hold:
         progress(0.0, "reading the project's tasks")
-        return _prelabel_held(context, project, context.settings.ray_address, tasks_done)
+        return _prelabel_held(context, project, context.settings.ray_address, tasks_done, in_job=True)

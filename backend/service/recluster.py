@@ -138,17 +138,21 @@ def start_job(context: AppContext, body) -> dict:
 def start_if_due(context: AppContext, project: str | None) -> str | None:
     """After /predict stored faces of a Label Studio project: a re-clustering job when the project has grown
     enough since its last one (recluster_due); the job's id, or None."""
-    growth = context.settings.auto_recluster
-    if growth <= 0 or project is None or not project.isdigit():
-        return None
-    if not recluster_due(*context.store.faces_since_recluster(project), growth):
+    if project is None or not project.isdigit() or not is_due(context, project):
         return None
     job, new = context.store.create_job(project)
     if not new:  # a job of the project runs: it re-clusters, or the next /predict will ask again
         return None
-    logger.info("project %s has grown by AUTO_RECLUSTER=%g since its last re-clustering: job %s", project, growth, job)
+    logger.info("project %s has grown by AUTO_RECLUSTER=%g since its last re-clustering: job %s", project,
+                context.settings.auto_recluster, job)
     _run_job(context, project, job)
     return job
+
+
+def is_due(context: AppContext, project: str) -> bool:
+    """Whether the project has grown by AUTO_RECLUSTER since its last re-clustering (recluster_due)."""
+    growth = context.settings.auto_recluster
+    return growth > 0 and recluster_due(*context.store.faces_since_recluster(project), growth)
 
 
 # A project is re-clustered automatically once it holds this many faces more than at its last re-clustering,

@@ -108,6 +108,10 @@ SCHEMA = (
         project TEXT PRIMARY KEY,
         faces BIGINT NOT NULL,
         updated DOUBLE PRECISION NOT NULL)""",
+    # The store's format: 2 since identity sums are stored as float32 (_narrow_sums).
+    """CREATE TABLE IF NOT EXISTS store_format (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        version INTEGER NOT NULL)""",
     # Where each task of a prelabel or annotate run stands (prelabel_state.py): what a resumed run skips.
     """CREATE TABLE IF NOT EXISTS prelabel_tasks (
         project TEXT NOT NULL,
@@ -130,6 +134,9 @@ HAND_DRAWN = "hand-drawn"
 INSERT_FACE = ("INSERT INTO faces (project, id, task, region, x1, y1, x2, y2, landmarks, descriptor, identity, "
                "model_version, confirmed, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                "ON CONFLICT (project, task, region) DO NOTHING")
+# Identity sums are added to in float64 (identities.unit) and stored as float32: a request reads and writes
+# its identities' sums, and at 1152-d float64 sums (9 KiB each) cost PostgreSQL ~1 ms of an assignment's ~4.
+SUM_TYPE = np.float32
 # Rows read or looked up per statement (SQLite allows 32766 parameters, PostgreSQL 65535).
 LOOKUP_ROWS = 10_000
 # A request compares its faces directly with at most this many faces stored since its process's index last
@@ -201,6 +208,7 @@ class FaceStore:
             for statement in SCHEMA:
                 self._run(db, statement.format(blob=dialect.blob_type))
             self._number_faces(db)
+            self._narrow_sums(db)
 
     @classmethod
     def open(cls, database_url: str, data_dir: Path, index_dir: Path | None = None,
@@ -516,12 +524,15 @@ class FaceStore:
                       (project, len(before.tasks), time.time()))
         return {"faces": len(before.tasks), "moved": len(moves), "clusters": len(np.unique(labels))}
 
-    def shown_ids(self, project: str) -> dict[tuple[str, str], str]:
-        """{(task, region): display id} of every face of the project."""
-        rows = self._run(self._connection(),
-                         "SELECT f.task, f.region, f.identity, i.name FROM faces f LEFT JOIN identities i "
-                         "ON i.project = f.project AND i.identity = f.identity WHERE f.project = ?",
-                         (project,)).fetchall()
+    def shown_ids(self, project: str, tasks: list[str] | None = None) -> dict[tuple[str, str], str]:
+        """{(task, region): display id} of every face of the project, or of these tasks."""
+        sql = ("SELECT f.task, f.region, f.identity, i.name FROM faces f LEFT JOIN identities i "
+               "ON i.project = f.project AND i.identity = f.identity WHERE f.project = ?")
+        db = self._connection()
+        rows = self._run(db, sql, (project,)).fetchall() if tasks is None else [
+            row for start in range(0, len(tasks), LOOKUP_ROWS) for row in self._run(
+                db, f"{sql} AND f.task IN ({', '.join('?' * len(tasks[start:start + LOOKUP_ROWS]))})",
+                (project, *tasks[start:start + LOOKUP_ROWS])).fetchall()]
         return {(task, region): display_id(identity, name) for task, region, identity, name in rows}
 
     # Jobs -------------------------------------------------------------------------------------------
@@ -769,6 +780,23 @@ class FaceStore:
         self._run(db, "CREATE UNIQUE INDEX IF NOT EXISTS faces_by_id ON faces (id)")
         self._run(db, "CREATE INDEX IF NOT EXISTS faces_by_project_id ON faces (project, id)")
 
+    def _narrow_sums(self, db) -> None:
+        """A store of format 1 kept identity sums as float64: stored as float32 since (SUM_TYPE)."""
+        if self._run(db, "SELECT version FROM store_format").fetchall():
+            return
+        last: tuple = ()
+        while True:
+            rows = self._run(db, f"SELECT project, identity, descriptor_sum FROM identities "
+                                 f"{'WHERE (project, identity) > (?, ?) ' if last else ''}ORDER BY project, identity "
+                                 f"LIMIT ?", (*last, LOOKUP_ROWS)).fetchall()
+            self._many(db, "UPDATE identities SET descriptor_sum = ? WHERE project = ? AND identity = ?",
+                       [(_blob(_array(total, np.float64), SUM_TYPE), project, identity)
+                        for project, identity, total in rows if total])
+            if len(rows) < LOOKUP_ROWS:
+                break
+            last = rows[-1][:2]
+        self._run(db, "INSERT INTO store_format (one, version) VALUES (1, 2)")
+
     def _shift(self, db, project, identities, descriptors, weights, counts, rows: dict | None = None) -> None:
         """Add faces to (positive weights) or take them from (negative) their identities' sums and counts.
         rows: _identity_rows_from's rows of these identities, read in this transaction, when the caller read
@@ -786,8 +814,8 @@ class FaceStore:
         for identity in numbers.tolist():
             mine = identities == identity
             faces, weight, total, _ = rows.get(identity, (0, 0.0, b"", None))
-            total = (_array(total, np.float64) if total else 0.0) + weights[mine] @ descriptors[mine]
-            values = (int(faces + counts[mine].sum()), float(weight + weights[mine].sum()), _blob(total, np.float64))
+            total = (sum_array(total) if total else 0.0) + weights[mine] @ descriptors[mine]
+            values = (int(faces + counts[mine].sum()), float(weight + weights[mine].sum()), _blob(total, SUM_TYPE))
             if identity in rows:
                 updates.append((*values, project, identity))
             else:
@@ -848,7 +876,7 @@ class FaceStore:
         for start in range(0, len(numbers), LOOKUP_ROWS):
             self._many(db, "UPDATE identities SET faces = ?, weight = ?, descriptor_sum = ? "
                            "WHERE project = ? AND identity = ?",
-                       [(faces[n], weights[n], _blob(totals[n], np.float64), project, n)
+                       [(faces[n], weights[n], _blob(totals[n], SUM_TYPE), project, n)
                         for n in numbers[start:start + LOOKUP_ROWS]])
         self._drop_empty_identities(db, project)
 
@@ -908,6 +936,11 @@ def _blob(array, dtype) -> bytes:
 
 def _array(blob, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(blob, dtype=dtype)
+
+
+def sum_array(blob) -> np.ndarray:
+    """An identity's stored descriptor sum, for float64 arithmetic."""
+    return _array(blob, SUM_TYPE).astype(np.float64)
 
 
 def _descriptor_page(project: str, blobs: list, size: int | None = None) -> np.ndarray:

@@ -184,7 +184,8 @@ def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progres
     close_pairs; long descriptors of large projects: the nearest in their principal components, measured
     again whole): a person's faces are linked by chains of near neighbours however many faces the person
     has, so only a close pair whose faces are both far down each other's lists and linked by no chain is
-    lost.
+    lost. Runs of near-copies (more than GRAPH_NEIGHBOURS frames of one shot) fill each other's lists: the
+    linked groups are searched again, one face of each, so that two runs of one person are linked too.
 
     quality: (N,) each face's quality, as cluster_identities takes it (None: all alike). A face below
     ANCHOR_QUALITY may join a cluster up to UNCERTAIN_REACH thresholds away, so its pairs link up to there.
@@ -202,15 +203,18 @@ def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progres
     # Widened a little: the graph's distances are float16-rounded, and the clustering measures them again.
     uncertain = None if quality is None else np.asarray(quality) < ANCHOR_QUALITY
     reach = threshold * (UNCERTAIN_REACH if uncertain is not None and uncertain.any() else 1.0)
-    queries = _row_shards(n)
-    graph = build_graph(descriptors, min(GRAPH_NEIGHBOURS, n - 1), reach + 1e-3, executor, queries,
-                        lambda fraction: progress(0.2 * fraction))
-    pairs = []
-    for found in executor.map(close_pairs, (graph,), queries):
-        pairs.append(found)
-        progress(0.2 + 0.5 * len(pairs) / len(queries))
-    del graph  # (its index, lists and reduced descriptors: ~1 GiB at 10^6 faces)
-    first, second, distance = (np.concatenate(part) for part in zip(*pairs))
+    first, second, distance = _close_pairs(descriptors, reach, executor, lambda fraction: progress(0.6 * fraction))
+    # A face whose GRAPH_NEIGHBOURS nearest are all near-copies of it (video frames, crops of one photo) is
+    # linked to its copies alone: such a run of copies is an island, however close another run of its
+    # person is. So the linked groups are searched again, one face of each for them all: a close pair of
+    # those links two groups as any close pair does.
+    count, group = connected_components(coo_matrix((np.ones(len(first), np.int8), (first, second)), shape=(n, n)),
+                                        directed=False)
+    if count > 1 and np.bincount(group).max() > GRAPH_NEIGHBOURS:
+        _, chosen = np.unique(group, return_index=True)
+        linked = _close_pairs(descriptors[chosen], reach, executor, lambda fraction: progress(0.6 + 0.1 * fraction))
+        first, second, distance = (np.concatenate([mine, theirs]) for mine, theirs in zip(
+            (first, second, distance), (chosen[linked[0]], chosen[linked[1]], linked[2])))
     if reach > threshold:  # past the threshold, only pairs with an uncertain face link
         linking = (distance < threshold) | uncertain[first] | uncertain[second]
         first, second, distance = first[linking], second[linking], distance[linking]
@@ -223,6 +227,22 @@ def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progres
         next_label += int(local.max()) + 1
         progress(0.7 + 0.3 * done / len(shards))
     return labels
+
+
+def _close_pairs(descriptors: np.ndarray, radius: float, executor: Executor,
+                 progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face, other face, distance) of the pairs closer than `radius` among each face's GRAPH_NEIGHBOURS
+    nearest, searched in shards on `executor`."""
+    n = len(descriptors)
+    queries = _row_shards(n)
+    graph = build_graph(descriptors, min(GRAPH_NEIGHBOURS, n - 1), radius + 1e-3, executor, queries,
+                        lambda fraction: progress(0.3 * fraction))
+    pairs = []
+    for found in executor.map(close_pairs, (graph,), queries):
+        pairs.append(found)
+        progress(0.3 + 0.7 * len(pairs) / len(queries))
+    del graph  # (its index, lists and reduced descriptors: ~1 GiB at 10^6 faces)
+    return tuple(np.concatenate(part) for part in zip(*pairs))
 
 
 def _row_shards(n: int) -> list[tuple[int, int]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .faces import PERSON_ID, FaceStore, NewFace, _array, _blob, display_id
+from .faces import PERSON_ID, FaceStore, NewFace, _array, _blob, display_id, sum_array
 from .identities import CONFIRMED_WEIGHT, face_weights
 
 FaceKey = tuple[str, str]  # (task, region): a face in the store
@@ -155,7 +155,7 @@ class _Identities:
         numbers = np.array([r[0] for r in rows], dtype=np.int64)
         counts = np.array([r[2] for r in rows], dtype=np.int64)
         weights = np.array([r[3] for r in rows], dtype=np.float64)
-        sums = [_array(r[4], np.float64) for r in rows]
+        sums = [sum_array(r[4]) for r in rows]
         lengths = np.array([len(total) for total in sums], dtype=np.int64)
         norms, units = np.zeros(len(sums)), {}
         for length in np.unique(lengths):

@@ -19,8 +19,11 @@ project and descriptor size, and brings up to date before each use (FaceStore._c
 
 Up to EXACT_UP_TO faces the index searches exactly; above, it is an inverted-file index (faiss IVF,
 LISTS k-means cells, vectors stored as float16) trained once on the faces it holds when it crosses that
-size, searching the PROBES cells nearest each query. bench/identity_store.py measures its recall against
-exact search (bench/results/identity_store.md).
+size, searching the PROBES cells nearest each query. Descriptors longer than SEARCHED_DIM (the default's
+1152) are searched, from REDUCED_FROM faces on, by their SEARCHED_DIM principal components, learnt from the
+project's own faces (and again when the index becomes inverted), and the CANDIDATES nearest there are
+measured again on the whole descriptors, which the index keeps too.
+bench/identity_store.py measures its recall against exact search (bench/results/identity_store.md).
 
 A process keeps its indexes in an IndexCache: at most INDEX_CACHE_MB of them in memory, the least recently
 used leaving first, and each written to a file in INDEX_DIR with the last face id it holds, so that a new
@@ -63,10 +66,25 @@ logger = logging.getLogger(__name__)
 # learn LISTS cells from (faiss wants ~40 per cell).
 EXACT_UP_TO = 40_000
 LISTS = 1024
-# Cells searched per query. Of the exact 16 nearest synthetic faces (bench/common.py) closer than 0.2, at
-# 10^6 faces 16 found 0.9997 in 0.4 ms (8: 0.993, 32: 1.0 in 0.8 ms; 300 queries, as the recall of
+# Cells searched per query. Of the exact 16 nearest synthetic 128-d faces (bench/common.py) closer than 0.2,
+# at 10^6 faces 16 found 0.9997 in 0.4 ms (8: 0.993, 32: 1.0 in 0.8 ms; 300 queries, as the recall of
 # bench/identity_store.py, whose results are in bench/results/identity_store.md).
 PROBES = 16
+# Longer descriptors are searched in this many principal components: the default's 1152-d faces in cells
+# of their whole descriptors cost 9x the time of 128-d ones a probe, and a person's faces, spread up to the
+# default's threshold of 0.3, fall into more cells than 16 probes reach (recall 0.97 in 4.5 ms at 10^6
+# faces). In 128 components, of the exact 16 nearest synthetic 1152-d faces closer than 0.6, at 10^6 faces
+# 16 probes found 0.957, 32 0.991, 48 0.997 in 0.8 / 1.2 ms (median / p95; 300 queries, one thread) and
+# 64 0.9987 in 1.1 / 1.6 ms; the same with 32 candidates as with 64.
+SEARCHED_DIM = 128
+REDUCED_PROBES = 48
+# The nearest faces in the principal components, of which the k nearest on the whole descriptors are kept.
+CANDIDATES = 32
+PCA_SAMPLE = 20_000  # faces the principal components are learnt from
+# Long descriptors are searched by principal components from this many faces on, exactly up to EXACT_UP_TO
+# (the components learnt then again, from all the faces, with the lists): an exact search of 20,000 whole
+# 1152-d faces took 4 ms, of 40,000 twice that.
+REDUCED_FROM = 4_000
 # k-means iterations when the index is trained (faiss's default is 25): training is a pause in one request
 # (1-2 s at 40,000 faces on 2 busy cores), and the cells only need to split the faces, not be optimal.
 TRAINING_ITERATIONS = 10
@@ -126,29 +144,67 @@ class FaceIndex:
         self.last_id = 0  # every face with an id up to this one has been added (or was not of this size)
         self.unsaved = 0  # faces added since it was last written to its file (or read from it)
         self.lock = threading.RLock()
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))  # what is searched
+        self._whole: faiss.IndexIVF | None = None  # the whole descriptors by id, when _index holds a reduction
         self._inverted = False
 
     def __len__(self) -> int:
         return self._index.ntotal
 
     def nbytes(self) -> int:
-        """About the memory it takes: float16 vectors once inverted, float32 before, and FACE_OVERHEAD_BYTES."""
-        return len(self) * (self.dim * (2 if self._inverted else 4) + FACE_OVERHEAD_BYTES)
+        """About the memory it takes: its searched vectors (float32 exact, float16 inverted), the whole
+        ones' float16 copy when it searches a reduction, and FACE_OVERHEAD_BYTES in each index."""
+        searched = (self.dim if self._whole is None else SEARCHED_DIM) * (2 if self._inverted else 4)
+        whole = 0 if self._whole is None else self.dim * 2 + FACE_OVERHEAD_BYTES
+        return len(self) * (searched + FACE_OVERHEAD_BYTES + whole)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
         with self.lock:
             _threads_for(len(ids))
-            self._index.add_with_ids(_float32(vectors), np.ascontiguousarray(ids, dtype=np.int64))
-            if not self._inverted and self._index.ntotal > EXACT_UP_TO:
-                vectors = self._index.index.reconstruct_n(0, self._index.ntotal)
-                inverted = _inverted_index(vectors, LISTS, PROBES, TRAINING_SAMPLE)
-                inverted.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids without scanning every list
-                inverted.add_with_ids(vectors, faiss.vector_to_array(self._index.id_map))
-                self._index, self._inverted = inverted, True
+            ids, vectors = np.ascontiguousarray(ids, dtype=np.int64), _float32(vectors)
+            self._index.add_with_ids(vectors, ids)
+            if self._whole is not None:
+                self._whole.add_with_ids(vectors, ids)
+            held = self._index.ntotal
+            if not self._inverted and held > EXACT_UP_TO:
+                self._rebuild(inverted=True)
+            elif self._whole is None and self.dim > SEARCHED_DIM and held > REDUCED_FROM:
+                self._rebuild(inverted=False)
             self.unsaved += len(ids)
+
+    def _rebuild(self, inverted: bool) -> None:
+        """Index the faces held anew (holding lock): long descriptors by principal components learnt from
+        them, exactly or in inverted lists learnt from them too."""
+        ids, vectors = self._held()
+        if self.dim > SEARCHED_DIM:
+            reduction = faiss.PCAMatrix(self.dim, SEARCHED_DIM)
+            reduction.train(_sample(vectors, PCA_SAMPLE))
+            reduced = reduction.apply(vectors)
+            faiss.normalize_L2(reduced)
+            inner = (_inverted_index(reduced, LISTS, REDUCED_PROBES, TRAINING_SAMPLE) if inverted
+                     else faiss.IndexIDMap2(faiss.IndexFlatIP(SEARCHED_DIM)))
+            searched = faiss.IndexPreTransform(faiss.NormalizationTransform(SEARCHED_DIM), inner)
+            searched.prepend_transform(reduction)  # the principal components, then unit length
+            if self._whole is None:
+                self._whole = _inverted_index(vectors, 1, 1, 1)  # (one list: a store of float16 vectors by id)
+                self._whole.set_direct_map_type(faiss.DirectMap.Hashtable)
+                self._whole.add_with_ids(vectors, ids)
+        else:
+            searched = _inverted_index(vectors, LISTS, PROBES, TRAINING_SAMPLE)
+        if inverted:
+            faiss.extract_index_ivf(searched).set_direct_map_type(faiss.DirectMap.Hashtable)  # (see remove)
+        searched.add_with_ids(vectors, ids)
+        self._index, self._inverted = searched, inverted
+
+    def _held(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and vectors of the faces held (holding lock): the whole ones."""
+        if self._whole is None:  # (exact, whole descriptors)
+            return faiss.vector_to_array(self._index.id_map), self._index.index.reconstruct_n(0, self._index.ntotal)
+        lists = self._whole.invlists
+        ids = faiss.rev_swig_ptr(lists.get_ids(0), lists.list_size(0)).copy()
+        return ids, self._whole.reconstruct_batch(ids)
 
     def remove(self, ids) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -156,15 +212,26 @@ class FaceIndex:
             with self.lock:
                 # The inverted index finds each id in its hash table; the exact one scans its ids, asking a set.
                 self._index.remove_ids(faiss.IDSelectorArray(ids) if self._inverted else faiss.IDSelectorBatch(ids))
+                if self._whole is not None:
+                    self._whole.remove_ids(faiss.IDSelectorArray(ids))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) ids of the nearest faces (-1 past the last) and their cosine similarities, nearest first."""
+        queries = _float32(queries)
         with self.lock:
             if self._index.ntotal == 0:
                 return np.full((len(queries), k), -1, np.int64), np.full((len(queries), k), -np.inf, np.float32)
             _threads_for(len(queries))
-            similarities, ids = self._index.search(_float32(queries), k)
-        return ids, similarities
+            if self._whole is None:
+                similarities, ids = self._index.search(queries, k)
+                return ids, similarities
+            _, ids = self._index.search(queries, max(k, CANDIDATES))
+            found = ids >= 0
+            whole = self._whole.reconstruct_batch(ids[found])
+        similarities = np.full(ids.shape, -np.inf, np.float32)
+        similarities[found] = np.einsum("qd,qd->q", np.repeat(queries, found.sum(axis=1), axis=0), whole)
+        nearest = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ids, nearest, axis=1), np.take_along_axis(similarities, nearest, axis=1)
 
 
 class IndexCache:
@@ -288,7 +355,8 @@ class IndexCache:
             with open(temporary, "wb") as file:
                 with index.lock:
                     header = json.dumps({"project": project, "dim": index.dim, "generation": index.generation,
-                                         "last_id": int(index.last_id), "faces": len(index)}).encode()
+                                         "last_id": int(index.last_id), "faces": len(index),
+                                         "whole": index._whole is not None}).encode()
                     file.write(FILE_MAGIC + struct.pack("<I", len(header)) + header)
                     checksum, length = zlib.crc32(header), 0
 
@@ -297,7 +365,9 @@ class IndexCache:
                         checksum, length = zlib.crc32(chunk, checksum), length + len(chunk)
                         return file.write(chunk)
 
-                    faiss.write_index(index._index, faiss.PyCallbackIOWriter(write))
+                    for inner in (index._index, index._whole):
+                        if inner is not None:
+                            faiss.write_index(inner, faiss.PyCallbackIOWriter(write))
                     written = index.unsaved
                 file.write(FILE_TRAILER.pack(length, checksum))
                 file.flush()
@@ -343,16 +413,22 @@ class IndexCache:
                     raise ValueError("its checksum does not match")
                 file.seek(start)
                 inner = faiss.read_index(faiss.PyCallbackIOReader(file.read))
-            if inner.ntotal != header["faces"] or inner.d != dim:
+                whole = faiss.read_index(faiss.PyCallbackIOReader(file.read)) if header.get("whole") else None
+            if inner.ntotal != header["faces"] or inner.d != dim or (
+                    whole is not None and (whole.ntotal != inner.ntotal or whole.d != dim)):
                 raise ValueError("its index does not match its header")
+            if dim > SEARCHED_DIM and whole is None and inner.ntotal > REDUCED_FROM:
+                raise ValueError("an earlier version's: it searches the whole descriptors")
         except (OSError, ValueError, KeyError, TypeError, struct.error, RuntimeError) as error:
             logger.warning("face index file %s of project %s not used (%s): rebuilding it from the database",
                            path, project, error)
             return None
         index = FaceIndex(dim, header["generation"])
-        index._index, index._inverted = inner, isinstance(inner, faiss.IndexIVF)
+        index._index, index._whole = inner, whole
+        ivf = faiss.try_extract_index_ivf(inner)
+        index._inverted = ivf is not None
         if index._inverted:
-            inner.nprobe = PROBES
+            ivf.nprobe = PROBES if whole is None else REDUCED_PROBES
         index.last_id = int(header["last_id"])
         logger.info("face index of project %s (%d faces, up to face %d) read from %s in %.1f s", project,
                     len(index), index.last_id, path, time.perf_counter() - started)

@@ -195,6 +195,9 @@ def test_prelabel_on_ray_killed_twice_gives_each_task_one_prediction(label_studi
     summary = json.loads(log_path.read_text().strip().splitlines()[-1])
     assert summary["tasks"] == TASKS and summary["failed"] == 0, summary
     assert summary["skipped"] == interrupted and summary["done"] == TASKS - interrupted, summary
+    # It ended with a re-clustering of the project (on the cluster), which the identities below come from.
+    assert set(summary["reclustered"]) >= {"moved", "predictions_updated"}, summary
+    assert FaceStore(PostgreSQLDialect(postgres_url)).faces_since_recluster(str(project_id)) == (TASKS, TASKS)
 
     # One prediction per task, of the run's models.
     found = predictions(label_studio, project_id)
@@ -246,6 +249,7 @@ def test_post_prelabel_is_a_job_that_fills_the_project(label_studio, backend, ph
     assert job["status"] == "done" and job["progress"] == 1.0, job
     result = job["result"]
     assert (result["tasks"], result["done"], result["skipped"], result["failed"]) == (3, 2, 0, 1), result
+    assert result["reclustered"] is None  # two faces: too few to re-cluster (AUTO_RECLUSTER_MIN_NEW_FACES)
     [(broken, reason)] = result["failures"].items()
     assert "missing.jpg" in reason
     tasks = {t["id"] for t in label_studio.tasks(project_id)}
@@ -287,8 +291,14 @@ def test_annotate_killed_resumes_where_it_stopped(tmp_path):
         identities.setdefault(people[Path(task["data"]["image"]).name], set()).add(text)
     assert sorted(Path(t["data"]["image"]).name for t in tasks) == sorted(people)
     assert all(len(ids) == 1 for ids in identities.values()) and len(set.union(*identities.values())) == 4, identities
-    stored = FaceStore(SQLiteDialect(database)).faces(f"annotate:{out}")
+    store = FaceStore(SQLiteDialect(database))
+    stored = store.faces(f"annotate:{out}")
     assert sorted(Path(task).name for task in stored.tasks) == sorted(people)  # one face per image, none twice
+    # It ended with a re-clustering of the 48 faces, and the file shows each face's identity as the store does.
+    assert store.faces_since_recluster(f"annotate:{out}") == (48, 48)
+    shown = store.shown_ids(f"annotate:{out}")
+    assert {(task["data"]["image"], r["id"]): r["value"]["text"][0] for task in tasks
+            for r in task["predictions"][0]["result"] if r["type"] == "textarea"} == shown
 
 
 def predicted_rows(database: Path) -> int:
