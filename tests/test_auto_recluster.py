@@ -54,6 +54,14 @@ def degraded_photos(tmp_path_factory, faces_truth):
     return directory, written
 
 
+def wait_for_checks(context, seconds: float = 30) -> None:
+    """Until the checks /predict started (recluster.check_after_predict) have started their jobs, if due."""
+    end = time.monotonic() + seconds
+    while context.recluster_checks:
+        assert time.monotonic() < end, "a check for a due re-clustering did not end"
+        time.sleep(0.05)
+
+
 def wait_for_jobs(store, project: str, seconds: float = 120) -> None:
     end = time.monotonic() + seconds
     while store._run(store._connection(), "SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN "
@@ -84,6 +92,7 @@ def test_faces_predicted_one_at_a_time_end_as_one_batch(tmp_path, degraded_photo
         task = {"id": number, "data": {"image": str(directory / file)}}
         response = client.post("/predict", json={"tasks": [task], "label_config": SHIPPED, "project": f"{PROJECT}.1"})
         assert response.status_code == 200, response.get_data(as_text=True)
+        wait_for_checks(context)
         wait_for_jobs(store, PROJECT)  # (annotators open tasks slower than a small project re-clusters)
         shown = store.shown_ids(PROJECT)
         first_shown.update({(task_id, region): ids for (task_id, region), ids in shown.items()

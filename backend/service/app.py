@@ -26,7 +26,7 @@ from .model import AutoAnnotatorModel
 from .prelabel import PrelabelError
 from .prelabel import start_job as start_prelabel_job
 from .recluster import ReclusterError, start_job
-from .recluster import start_if_due as start_recluster_if_due
+from .recluster import check_after_predict
 from .review import review_blueprint
 from .webhooks import WebhookError, handle_event
 
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
         results = model.predict(tasks, project=project, deadline=started + settings.predict_timeout)
         # Faces assigned one request at a time are re-clustered all together now and then, as one batch of
         # them would be, and the ids that changed are pushed to the project's predictions.
-        start_recluster_if_due(context, project)
+        check_after_predict(context, project)
         return jsonify({"results": results, "model_version": model.model_version})
 
     @app.post("/webhook")

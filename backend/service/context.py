@@ -27,6 +27,9 @@ class AppContext:
     # LiteRT interpreters and dlib detectors are not safe to call from several threads at once; gunicorn's
     # threads still let /health and the job endpoints answer while one request runs the models.
     models_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Projects whose re-clustering is being considered after a /predict (recluster.check_after_predict).
+    recluster_checks: set = field(default_factory=set)
+    recluster_checks_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: Settings, annotator: Annotator | None = None) -> "AppContext":

@@ -7,36 +7,22 @@ and knows how to open a connection and how to take the per-project lock.
 from __future__ import annotations
 
 import hashlib
-import logging
 import sqlite3
-import threading
-import time
-import weakref
 from contextlib import nullcontext
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
 MMAP_BYTES = 2**40
-# How often a process's checkpointer copies the WAL's committed pages into the database file.
-CHECKPOINT_SECONDS = 1.0
 
 
 class SQLiteDialect:
     """One file under DATA_DIR, in WAL mode: readers never wait for the writer, and a committed
-    transaction survives the process being killed (synchronous=FULL also survives a power cut).
-
-    The WAL is copied into the database file by a thread of each process that uses it, never by a request:
-    SQLite's own checkpoint runs in the commit that fills the WAL past 1,000 pages, and at 10^6 faces one
-    commit in ~40 paid for it (p95 of an assignment 7.4 ms, median 4.0)."""
+    transaction survives the process being killed (synchronous=FULL also survives a power cut)."""
 
     blob_type = "BLOB"
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._checkpointer: threading.Thread | None = None
-        self._checkpointer_lock = threading.Lock()
 
     def __str__(self) -> str:
         return f"sqlite:{self.path}"
@@ -51,17 +37,7 @@ class SQLiteDialect:
         # up its face's neighbours, rows anywhere in a file of 6 GB at 10^6 faces (median 6.1 -> 3.0 ms there).
         # SQLite caps the map at its build's maximum (2 GiB in Python's); the rest is read as before.
         connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-        connection.execute("PRAGMA wal_autocheckpoint=0")
-        self._start_checkpointer()
         return connection
-
-    def _start_checkpointer(self) -> None:
-        """(Again in a forked child: threads do not survive a fork.)"""
-        with self._checkpointer_lock:
-            if self._checkpointer is None or not self._checkpointer.is_alive():
-                self._checkpointer = threading.Thread(target=_checkpoint, args=(self.path, weakref.ref(self)),
-                                                      name="sqlite-checkpointer", daemon=True)
-                self._checkpointer.start()
 
     def begin_locked(self, connection, lock: str) -> None:
         """A write transaction holding `lock`. SQLite has one writer at a time, so the file's write lock,
@@ -110,21 +86,6 @@ class PostgreSQLDialect:
     @staticmethod
     def sql(text: str) -> str:
         return text.replace("?", "%s")
-
-
-def _checkpoint(path: Path, dialect: weakref.ref) -> None:
-    """A PASSIVE checkpoint of `path` every CHECKPOINT_SECONDS while its dialect is in use: it copies what no
-    reader still needs and waits for no one, so that writers go on meanwhile."""
-    connection = sqlite3.connect(path, timeout=120, isolation_level=None)
-    try:
-        while dialect() is not None:
-            time.sleep(CHECKPOINT_SECONDS)
-            try:
-                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as error:  # (a full disk: the next one tries again)
-                logger.warning("checkpoint of %s: %s", path, error)
-    finally:
-        connection.close()
 
 
 def _lock_number(name: str) -> int:
