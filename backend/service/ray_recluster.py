@@ -31,16 +31,19 @@ class RayExecutor:
         task = ray.remote(num_cpus=1)(function)
         shared_refs = [ray.put(value) for value in shared]
         pending = [task.remote(*shared_refs, item) for item in items]
-        finished = False
+        read = 0
         try:
             for result in pending:
-                yield ray.get(result)
-            finished = True
+                value = ray.get(result)
+                read += 1
+                yield value
         except Exception as error:  # Ray's errors carry the remote traceback: into the log, not the message
             logger.exception("re-clustering failed on Ray")
             raise ReclusterError(f"re-clustering failed on Ray: {first_line(error)} (the log has the details)") \
                 from None
         finally:
-            if not finished:  # failed, or the caller stopped: the shards still running are of no use
-                for result in pending:
-                    ray.cancel(result)
+            # Failed, or the caller stopped: the shards not read yet are of no use. Never those read: Ray 2.60
+            # aborts the driver (TaskManager::CompletePendingTask, "task that was not pending") when a task is
+            # cancelled while the reply whose result ray.get has just returned is still being processed.
+            for result in pending[read:]:
+                ray.cancel(result)

@@ -221,8 +221,8 @@ def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progres
     shards = _shards(_components(n, first, second, distance, reach))
     labels = np.empty(n, dtype=np.int64)
     next_label = 0
-    for done, ((members, _), local) in enumerate(
-            zip(shards, executor.map(cluster_groups, (descriptors, threshold, quality), shards)), start=1):
+    for done, (local, (members, _)) in enumerate(  # (the executor's results first: read to their end)
+            zip(executor.map(cluster_groups, (descriptors, threshold, quality), shards), shards), start=1):
         labels[members] = next_label + local
         next_label += int(local.max()) + 1
         progress(0.7 + 0.3 * done / len(shards))
