@@ -111,13 +111,13 @@ class Settings:
     database_url: str = ""
     # INDEX_DIR: where each project's vector index of the face store is written, with the last face it holds,
     # so that a new worker reads it and catches up on the faces stored since instead of reading all of the
-    # project's faces (12-30 s at 10^6); a file that cannot be trusted is rebuilt. Unset: DATA_DIR/indexes.
+    # project's faces (12-62 s at 10^6); a file that cannot be trusted is rebuilt. Unset: DATA_DIR/indexes.
     index_dir: Path | None = None
     # INDEX_CACHE_MB: memory a worker's vector indexes may take; past it the least recently used project's
-    # index leaves memory until it is next needed. An index counts 2.2 GiB per 10^6 faces of the default
-    # 1152-d descriptors (FaceIndex.nbytes, float16; 2.8 GiB resident; ~370 MiB of 128-d ones): 3 GiB keeps a
-    # 10^6-face project's index and smaller projects' beside it, instead of reading it again from its file
-    # whenever another project is used.
+    # index leaves memory until it is next needed. An index counts 2.5 GiB per 10^6 faces of the default
+    # 1152-d descriptors (FaceIndex.nbytes: float16, and their 128 principal components; 2.6 GiB resident;
+    # ~370 MiB of 128-d ones): 3 GiB keeps a 10^6-face project's index and smaller projects' beside it,
+    # instead of reading it again from its file whenever another project is used.
     index_cache_mb: int = 3072
     host: str = "0.0.0.0"  # HOST
     port: int = 9090  # PORT

@@ -784,17 +784,10 @@ class FaceStore:
         """A store of format 1 kept identity sums as float64: stored as float32 since (SUM_TYPE)."""
         if self._run(db, "SELECT version FROM store_format").fetchall():
             return
-        last: tuple = ()
-        while True:
-            rows = self._run(db, f"SELECT project, identity, descriptor_sum FROM identities "
-                                 f"{'WHERE (project, identity) > (?, ?) ' if last else ''}ORDER BY project, identity "
-                                 f"LIMIT ?", (*last, LOOKUP_ROWS)).fetchall()
+        for rows in self._pages(db, "identities", "project, identity", "descriptor_sum"):
             self._many(db, "UPDATE identities SET descriptor_sum = ? WHERE project = ? AND identity = ?",
                        [(_blob(_array(total, np.float64), SUM_TYPE), project, identity)
                         for project, identity, total in rows if total])
-            if len(rows) < LOOKUP_ROWS:
-                break
-            last = rows[-1][:2]
         self._run(db, "INSERT INTO store_format (one, version) VALUES (1, 2)")
 
     def _shift(self, db, project, identities, descriptors, weights, counts, rows: dict | None = None) -> None:
@@ -837,21 +830,25 @@ class FaceStore:
         """{identity: (faces, weight, descriptor_sum, name)} of those that exist."""
         return {identity: rest for cursor in sent for identity, *rest in cursor.fetchall()}
 
-    def _face_pages(self, db, project: str, columns: str):
-        """The project's faces, LOOKUP_ROWS at a time by task and region: lists of rows of (task, region,
-        *columns). Each page starts past the last (task, region) read, so a face stored or deleted meanwhile
-        is read once or not at all, never twice; and a client that fetches a statement's whole result
-        (psycopg) holds one page, not the project."""
+    def _pages(self, db, table: str, keys: str, columns: str, where: str = "", params: tuple = ()):
+        """Rows of (*keys, *columns) of `table` (where `where`, with `params`), LOOKUP_ROWS at a time in the
+        order of its two `keys`. Each page starts past the last keys read, so a row stored or deleted
+        meanwhile is read once or not at all, never twice; and a client that fetches a statement's whole
+        result (psycopg) holds one page, not the table."""
         last: tuple = ()
         while True:
-            rows = self._run(db, f"SELECT task, region, {columns} FROM faces WHERE project = ? "
-                                 f"{'AND (task, region) > (?, ?) ' if last else ''}ORDER BY task, region LIMIT ?",
-                             (project, *last, LOOKUP_ROWS)).fetchall()
+            conditions = " AND ".join(c for c in (where, f"({keys}) > (?, ?)" if last else "") if c)
+            rows = self._run(db, f"SELECT {keys}, {columns} FROM {table} {'WHERE ' if conditions else ''}"
+                                 f"{conditions} ORDER BY {keys} LIMIT ?", (*params, *last, LOOKUP_ROWS)).fetchall()
             if rows:
                 yield rows
             if len(rows) < LOOKUP_ROWS:
                 return
             last = rows[-1][:2]
+
+    def _face_pages(self, db, project: str, columns: str):
+        """The project's faces a page at a time (_pages): rows of (task, region, *columns)."""
+        return self._pages(db, "faces", "task, region", columns, "project = ?", (project,))
 
     def _rebuild_identities(self, db, project: str) -> None:
         """Recompute every identity's count and sum from its faces (after re-clustering moved many), a page

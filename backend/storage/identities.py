@@ -208,8 +208,7 @@ def cluster_project(descriptors: np.ndarray, threshold: float, progress: Progres
     # linked to its copies alone: such a run of copies is an island, however close another run of its
     # person is. So the linked groups are searched again, one face of each for them all: a close pair of
     # those links two groups as any close pair does.
-    count, group = connected_components(coo_matrix((np.ones(len(first), np.int8), (first, second)), shape=(n, n)),
-                                        directed=False)
+    count, group = _linked(n, first, second)
     if count > 1 and np.bincount(group).max() > GRAPH_NEIGHBOURS:
         _, chosen = np.unique(group, return_index=True)
         linked = _close_pairs(descriptors[chosen], reach, executor, lambda fraction: progress(0.6 + 0.1 * fraction))
@@ -264,12 +263,17 @@ def _shards(groups: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.concatenate(run), np.array([len(members) for members in run])) for run in shards]
 
 
+def _linked(n: int, first: np.ndarray, second: np.ndarray) -> tuple[int, np.ndarray]:
+    """The groups that the pairs (first[i], second[i]) link faces 0..n-1 into: (how many, each face's group)."""
+    return connected_components(coo_matrix((np.ones(len(first), np.int8), (first, second)), shape=(n, n)),
+                                 directed=False)
+
+
 def _components(n, first, second, distance, radius) -> list[np.ndarray]:
     """Faces linked by chains of pairs closer than `radius`, as index arrays. A linked group too large for
     an exact average linkage is split by linking it again at a stricter radius (an approximation: faces
     that only looser pairs linked can no longer share a cluster)."""
-    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(n, n))
-    count, component = connected_components(graph, directed=False)
+    count, component = _linked(n, first, second)
     order = np.argsort(component, kind="stable")
     groups = np.split(order, np.cumsum(np.bincount(component, minlength=count))[:-1])
     result = []

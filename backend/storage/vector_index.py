@@ -179,10 +179,7 @@ class FaceIndex:
         them, exactly or in inverted lists learnt from them too."""
         ids, vectors = self._held()
         if self.dim > SEARCHED_DIM:
-            reduction = faiss.PCAMatrix(self.dim, SEARCHED_DIM)
-            reduction.train(_sample(vectors, PCA_SAMPLE))
-            reduced = reduction.apply(vectors)
-            faiss.normalize_L2(reduced)
+            reduction, reduced = _principal_components(vectors, SEARCHED_DIM, PCA_SAMPLE)
             inner = (_inverted_index(reduced, LISTS, REDUCED_PROBES, TRAINING_SAMPLE) if inverted
                      else faiss.IndexIDMap2(faiss.IndexFlatIP(SEARCHED_DIM)))
             searched = faiss.IndexPreTransform(faiss.NormalizationTransform(SEARCHED_DIM), inner)
@@ -472,12 +469,7 @@ def build_graph(vectors: np.ndarray, neighbours: int, radius: float, executor, s
     _threads_for(n)
     searched = vectors
     if dim > GRAPH_DIM and n >= GRAPH_REDUCED_FROM:
-        reduction = faiss.PCAMatrix(dim, GRAPH_DIM)
-        reduction.train(_sample(vectors, GRAPH_PCA_SAMPLE))
-        searched = np.empty((n, GRAPH_DIM), np.float32)
-        for start in range(0, n, GRAPH_PCA_SAMPLE):  # (a chunk at a time: apply's result is a new array)
-            searched[start:start + GRAPH_PCA_SAMPLE] = reduction.apply(vectors[start:start + GRAPH_PCA_SAMPLE])
-        faiss.normalize_L2(searched)
+        _, searched = _principal_components(vectors, GRAPH_DIM, GRAPH_PCA_SAMPLE)
     if n <= EXACT_UP_TO:
         index = faiss.IndexFlatIP(searched.shape[1])
         index.add(searched)
@@ -523,6 +515,18 @@ def close_pairs(graph: Graph, rows: tuple[int, int]) -> tuple[np.ndarray, np.nda
     distances = 1.0 - similarities
     close = (found >= 0) & (found != faces) & (distances < graph.radius)
     return faces[close], found[close], distances[close]
+
+
+def _principal_components(vectors: np.ndarray, dim: int, sample: int) -> tuple[faiss.PCAMatrix, np.ndarray]:
+    """The `dim` principal components learnt from `sample` of the vectors, and the vectors in them at unit
+    length: (N, dim) float32, applied `sample` rows at a time (apply's result is a new array)."""
+    reduction = faiss.PCAMatrix(vectors.shape[1], dim)
+    reduction.train(_sample(vectors, sample))
+    reduced = np.empty((len(vectors), dim), np.float32)
+    for start in range(0, len(vectors), sample):
+        reduced[start:start + sample] = reduction.apply(vectors[start:start + sample])
+    faiss.normalize_L2(reduced)
+    return reduction, reduced
 
 
 def _sample(vectors: np.ndarray, count: int) -> np.ndarray:
